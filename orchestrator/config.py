@@ -1,0 +1,179 @@
+"""The experiment config: typed, loaded from YAML, overridable with `--set key=value`.
+
+An invalid config is refused before any work starts, with the field and the
+allowed values in the message (`ConfigError`, exit code 2 from the CLI).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCORERS = ("wli", "block_influence", "angular", "loss_delta", "last_n", "random")
+
+
+class ConfigError(ValueError):
+    """A config the user has to change; the message says what to change."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class MiniWorldConfig(Section):
+    seed: int = 0
+    n_speakers: int = Field(8, ge=1)
+    n_timbres: int = Field(4, ge=1)
+    max_run: int = Field(3, ge=1)
+    n_sentences: int = Field(6000, ge=10)
+    dev_sentences: int = Field(200, ge=2)
+    test_sentences: int = Field(200, ge=2)
+
+
+class TeacherConfig(Section):
+    """The mini teacher: a LlamaForCausalLM in LLaSA's token layout, trained by `train-teacher`."""
+
+    path: str = "orchestrator/assets/mini-teacher"
+    layers: int = Field(8, ge=2)
+    hidden: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(4, ge=1)
+    mlp: int = Field(384, ge=8)
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup: int = Field(100, ge=0)
+    seed: int = 0
+
+
+class WorldConfig(Section):
+    name: Literal["mini"] = "mini"
+    mini: MiniWorldConfig = MiniWorldConfig()
+    teacher: TeacherConfig = TeacherConfig()
+
+
+class ScoreConfig(Section):
+    scorers: list[Literal[SCORERS]] = list(SCORERS)  # type: ignore[valid-type]
+    n_items: int = Field(64, ge=1, description="held-out (dev) items synthesized per WLI evaluation")
+    n_pairs: int = Field(64, ge=1, description="calibration pairs for hidden-state and loss scorers")
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+
+class PruneConfig(Section):
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of decoder layers to remove")
+    scorer: Literal[SCORERS + ("best",)] = "best"  # type: ignore[valid-type]
+    strategy: Literal["lowest", "contiguous", "iterative"] = "lowest"
+
+
+class LossWeights(Section):
+    kl: float = Field(1.0, ge=0)
+    latent: float = Field(1.0, ge=0)
+    attention: float = Field(0.0, ge=0)
+    embedding: float = Field(0.0, ge=0)
+    ce: float = Field(0.5, ge=0)
+
+
+class DistillConfig(Section):
+    data_fraction: float = Field(0.05, gt=0, le=1, description="student training tokens / teacher training tokens")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup: int = Field(10, ge=0)
+    clip: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    latent_loss: Literal["mse", "cosine"] = "mse"
+    weights: LossWeights = LossWeights()
+    adaptive: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    n_items: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(200, ge=1)
+    seed: int = 0
+
+
+class Config(Section):
+    world: WorldConfig = WorldConfig()
+    score: ScoreConfig = ScoreConfig()
+    prune: PruneConfig = PruneConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluate: EvalConfig = EvalConfig()
+    output_dir: str = "runs/mini"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        t = self.world.teacher
+        if t.hidden % t.heads or t.heads % t.kv_heads:
+            raise ValueError(
+                f"world.teacher: hidden ({t.hidden}) must be divisible by heads ({t.heads}) "
+                f"and heads by kv_heads ({t.kv_heads})"
+            )
+        return self
+
+    def digest(self, *sections: str) -> str:
+        """A short hash of the named sections (the mini teacher is cached by it)."""
+        data = {s: _dig(self, s) for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _dig(obj: BaseModel, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj.model_dump() if isinstance(obj, BaseModel) else obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (or the defaults), apply `key.sub=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist: pass an existing YAML file with --config")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: write it as key.sub=value, for example --set prune.ratio=0.5")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+
+
+def _explain(e: ValidationError) -> str:
+    lines = ["invalid config:"]
+    for err in e.errors():
+        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against configs/mini.yaml"
+        elif err["type"] == "literal_error":
+            allowed = err.get("ctx", {}).get("expected", "")
+            msg = f"got {err.get('input')!r}; allowed values: {allowed}"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)

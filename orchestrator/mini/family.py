@@ -1,0 +1,78 @@
+"""LLaSA's token layout over the mini world's phone text.
+
+Ids: text tokens first (here pad, bos, eos, space and one per phone), then
+LLaSA's eight special tokens in LLaSA's order, then one token per speech code
+(`<|s_k|>` = first speech id + k). A prompt reads
+`bos TEXT_UNDERSTANDING_START prompt-text target-text TEXT_UNDERSTANDING_END
+SPEECH_GENERATION_START prompt-codes`, and generation stops at
+SPEECH_GENERATION_END, exactly as for Llasa-1B.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from orchestrator.world import Sample
+
+SPECIAL_TOKENS = (
+    "TEXT_GENERATION_START",
+    "TEXT_GENERATION_END",
+    "TEXT_UNDERSTANDING_START",
+    "TEXT_UNDERSTANDING_END",
+    "SPEECH_GENERATION_START",
+    "SPEECH_GENERATION_END",
+    "SPEECH_UNDERSTANDING_START",
+    "SPEECH_UNDERSTANDING_END",
+)
+
+
+class MiniFamily:
+    def __init__(self, phones: Sequence[str], n_codes: int):
+        self.text_vocab = ["<|pad|>", "<|bos|>", "<|eos|>", " ", *phones]
+        self._text_id = {t: i for i, t in enumerate(self.text_vocab)}
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        n_text = len(self.text_vocab)
+        self.special = {name: n_text + i for i, name in enumerate(SPECIAL_TOKENS)}
+        self.speech_offset = n_text + len(SPECIAL_TOKENS)
+        self.n_codes = n_codes
+        self.vocab_size = self.speech_offset + n_codes
+        self.end_id = self.special["SPEECH_GENERATION_END"]
+        self.speech_ids = torch.tensor([*range(self.speech_offset, self.vocab_size), self.end_id])
+
+    def text_ids(self, text: str) -> list[int]:
+        try:
+            return [self._text_id[ch] for ch in text]
+        except KeyError as e:
+            raise ValueError(f"text {text!r} has {e.args[0]!r}, which is not a mini-world phone") from None
+
+    def prompt_ids(self, prompt_text: str, target_text: str, prompt_codes: Sequence[int]) -> list[int]:
+        return [
+            self.bos_id,
+            self.special["TEXT_UNDERSTANDING_START"],
+            *self.text_ids(f"{prompt_text} {target_text}"),
+            self.special["TEXT_UNDERSTANDING_END"],
+            self.special["SPEECH_GENERATION_START"],
+            *(self.speech_offset + c for c in prompt_codes),
+        ]
+
+    def training_ids(self, prompt: Sample, target: Sample) -> tuple[list[int], list[int]]:
+        ids = self.prompt_ids(prompt.text, target.text, prompt.codes)
+        ids += [self.speech_offset + c for c in target.codes] + [self.end_id]
+        start = ids.index(self.special["SPEECH_GENERATION_START"]) + 1
+        labels = [-100] * start + ids[start:]  # loss on the speech span only
+        return ids, labels
+
+    def codes_of(self, generated_ids: Sequence[int]) -> list[int]:
+        codes = []
+        for t in generated_ids:
+            t = int(t)
+            if t == self.end_id:
+                break
+            if self.speech_offset <= t < self.vocab_size:
+                codes.append(t - self.speech_offset)
+        return codes
+
+    def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -1,0 +1,79 @@
+"""What the core sees of a text-to-speech world: a model family, a codec, an ASR,
+a speaker verifier and the data. The mini world and the real models (LLaSA with
+X-Codec2, CosyVoice 2) each provide these; nothing in prune/, distill/ or
+evaluate/ knows which world it is working in.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One utterance of a corpus, already turned into speech codes."""
+
+    text: str
+    speaker: str
+    codes: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+    """One line of an evaluation list: speak `target_text` in the voice of the prompt."""
+
+    name: str
+    prompt_text: str
+    prompt_codes: tuple[int, ...]
+    target_text: str
+
+
+class Family(Protocol):
+    """How a model family lays out text and speech tokens (LLaSA, CosyVoice 2, mini)."""
+
+    pad_id: int
+    end_id: int  # ends the generated speech
+    speech_ids: torch.Tensor  # vocabulary ids that carry speech (codes and the end token)
+
+    def prompt_ids(self, prompt_text: str, target_text: str, prompt_codes: Sequence[int]) -> list[int]: ...
+
+    def training_ids(self, prompt: Sample, target: Sample) -> tuple[list[int], list[int]]:
+        """Token ids and labels (-100 outside the speech span) for one training pair."""
+
+    def codes_of(self, generated_ids: Sequence[int]) -> list[int]:
+        """Speech codes of a generated continuation, up to the end token."""
+
+    def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module: ...
+
+
+class Codec(Protocol):
+    token_rate: float  # codes per second of audio
+
+    def encode(self, audio: Any) -> list[int]: ...
+
+    def decode(self, codes: Sequence[int]) -> Any: ...
+
+
+class ASR(Protocol):
+    def transcribe(self, audios: Sequence[Any]) -> list[str]: ...
+
+
+class SpeakerVerifier(Protocol):
+    def similarity(self, audio: Any, reference: Any) -> float: ...
+
+
+@dataclasses.dataclass
+class World:
+    """Everything the method needs, bundled by `build_world`."""
+
+    name: str
+    family: Family
+    codec: Codec
+    asr: ASR
+    verifier: SpeakerVerifier
+    train_pairs: Sequence[tuple[Sample, Sample]]
+    dev_items: list[EvalItem]
+    test_items: list[EvalItem]
+    teacher_path: str

@@ -1,0 +1,119 @@
+"""Distillation losses: logits, latents (SPADE's layer mapping), attention, embeddings,
+and the ground-truth next-token loss on the speech span.
+
+All take plain tensors, so each term can be checked against a hand-computed value.
+Positions: logits at t predict the token at t+1, so a position counts when the
+*next* label is a speech label (labels != -100).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def latent_targets(kept: Sequence[int], n_teacher: int) -> list[int]:
+    """For each student layer, the teacher layer whose output it should reproduce.
+
+    Student layer i is a copy of teacher layer kept[i]; it stands for the whole block
+    up to the next kept layer, so it is matched to the teacher's output at the last
+    teacher layer before kept[i+1] (the teacher's last layer for the last student layer).
+    """
+    kept = list(kept)
+    return [kept[i + 1] - 1 if i + 1 < len(kept) else n_teacher - 1 for i in range(len(kept))]
+
+
+def speech_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Mask (B, T-1) of positions whose next token is a speech label."""
+    return labels[:, 1:] != -100
+
+
+def speech_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    speech_ids: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """KL(teacher || student) over the speech-token distribution, times T^2 (Hinton)."""
+    mask = speech_positions(labels)
+    ids = speech_ids.to(student_logits.device)
+    s = student_logits[:, :-1][mask][:, ids].float() / temperature
+    t = teacher_logits[:, :-1][mask][:, ids].float() / temperature
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def speech_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the speech span only (labels are -100 elsewhere)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def latent_loss(
+    student_hidden: Sequence[torch.Tensor],
+    teacher_hidden: Sequence[torch.Tensor],
+    targets: Sequence[int],
+    attention_mask: torch.Tensor,
+    kind: str = "mse",
+) -> torch.Tensor:
+    """Mean over student layers of the distance between student layer i's output and
+    the teacher's output at layer targets[i].
+
+    `*_hidden` are layer outputs indexed by layer (not including the embeddings).
+    """
+    mask = attention_mask.bool()
+    losses = []
+    for i, j in enumerate(targets):
+        s, t = student_hidden[i][mask].float(), teacher_hidden[j][mask].float()
+        if kind == "mse":
+            losses.append(F.mse_loss(s, t))
+        elif kind == "cosine":
+            losses.append((1 - F.cosine_similarity(s, t, dim=-1)).mean())
+        else:
+            raise ValueError(f"latent loss kind {kind!r}: use 'mse' or 'cosine'")
+    return torch.stack(losses).mean()
+
+
+def attention_loss(
+    student_attn: Sequence[torch.Tensor],
+    teacher_attn: Sequence[torch.Tensor],
+    targets: Sequence[int],
+    attention_mask: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions (B, H, T, T) of mapped
+    layers, averaged over heads and real query positions."""
+    mask = attention_mask.bool()
+    losses = []
+    for i, j in enumerate(targets):
+        s, t = student_attn[i].float(), teacher_attn[j].float()
+        kl = (t * (torch.log(t + eps) - torch.log(s + eps))).sum(-1)  # (B, H, T)
+        losses.append(kl.mean(1)[mask].mean())
+    return torch.stack(losses).mean()
+
+
+def embedding_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.bool()
+    return F.mse_loss(student_embeds[mask].float(), teacher_embeds[mask].float())
+
+
+class AdaptiveWeights:
+    """Divide each term by a running mean of its own magnitude, so every term
+    contributes about its configured weight whatever its natural scale."""
+
+    def __init__(self, momentum: float = 0.9, eps: float = 1e-8):
+        self.momentum, self.eps = momentum, eps
+        self.scale: dict[str, float] = {}
+
+    def __call__(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        v = float(value.detach())
+        old = self.scale.get(name)
+        self.scale[name] = v if old is None else self.momentum * old + (1 - self.momentum) * v
+        return value / (self.scale[name] + self.eps)
+
+    def state_dict(self) -> dict:
+        return dict(self.scale)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = dict(state)

@@ -1,0 +1,61 @@
+"""Builders: config -> world, device, teacher, scoring context. One place each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from orchestrator.config import Config, ConfigError
+from orchestrator.prune.importance import ScoringContext
+from orchestrator.world import World
+
+
+def build_world(cfg: Config) -> World:
+    if cfg.world.name == "mini":
+        from orchestrator.mini import build_mini_world
+
+        return build_mini_world(cfg)
+    raise ConfigError(f"world.name: unknown world {cfg.world.name!r}; allowed values: 'mini'")
+
+
+def pick_device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is visible; use device=auto or cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
+    """The frozen teacher and what is known of its training (tokens seen, for the data budget)."""
+    if world.name == "mini":
+        from orchestrator.mini.teacher import ensure_teacher
+
+        path, meta = ensure_teacher(cfg, world, progress)
+    else:
+        path, meta = Path(world.teacher_path), {}
+    return load_model(world, path, device), meta
+
+
+def load_model(world: World, path: str | Path, device: torch.device) -> nn.Module:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained")
+    model = world.family.load_model(str(p)).to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def n_to_drop(cfg: Config, n_layers: int) -> int:
+    k = round(cfg.prune.ratio * n_layers)
+    if not 1 <= k < n_layers:
+        raise ConfigError(f"prune.ratio={cfg.prune.ratio} removes {k} of {n_layers} layers; "
+                          f"pick a ratio that removes between 1 and {n_layers - 1}")
+    return k
+
+
+def scoring_context(cfg: Config, world: World, n_drop: int, progress: bool = False) -> ScoringContext:
+    s = cfg.score
+    return ScoringContext(world, cfg.evaluate, s.n_items, s.n_pairs, n_drop, s.batch_size, s.seed, progress)

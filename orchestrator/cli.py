@@ -1,0 +1,197 @@
+"""`prun-tts`: prune | score | distill | evaluate | demo | train-teacher.
+
+Bad input (config, layer sets, paths) exits with code 2 and a message saying
+what to change, before any work starts and before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.prune.surgery import LayerSetError
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layer indices as comma-separated integers, e.g. 1,3,5")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prun-tts", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", default=None, help="YAML config (default: built-in defaults = configs/mini.yaml)")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set prune.ratio=0.5 (repeatable)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        return sp
+
+    sp = sub.add_parser("prune", help="remove decoder layers from a model and save the student")
+    sp.add_argument("--model", required=True, help="model directory or hub id")
+    group = sp.add_mutually_exclusive_group(required=True)
+    group.add_argument("--drop", type=_layer_list, help="layer indices to remove, e.g. 1,3")
+    group.add_argument("--keep", type=_layer_list, help="layer indices to keep, e.g. 0,2,4")
+    sp.add_argument("--out", required=True, help="new directory for the student (must not exist or be empty)")
+
+    with_config(sub.add_parser("score", help="score every layer with the configured scorers; CSV + PNG"))
+    sp = with_config(sub.add_parser("distill", help="prune to a layer set and distil it from the teacher"))
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--drop", type=_layer_list, help="layers to remove (default: chosen by prune.scorer)")
+    group.add_argument("--keep", type=_layer_list, help="layers to keep")
+    sp = with_config(sub.add_parser("evaluate", help="synthesize the test set and score WER, SIM, RTF, memory"))
+    sp.add_argument("--model", default=None, help="model directory (default: the teacher)")
+    sp.add_argument("--split", choices=["test", "dev"], default="test")
+    with_config(sub.add_parser("demo", help="the whole method on the configured world, in one process"))
+    sp = with_config(sub.add_parser("train-teacher", help="train the mini world's teacher"))
+    sp.add_argument("--out", required=True, help="directory for the teacher")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "prune":
+            return cmd_prune(args)
+        cfg = load_config(args.config, args.overrides)
+        return COMMANDS[args.command](cfg, args)
+    except (ConfigError, LayerSetError) as e:
+        print(f"prun-tts {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _check_new_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} already exists and is not empty; choose a new directory or remove it")
+    return out
+
+
+def cmd_prune(args) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from orchestrator.prune.surgery import drop_layers, resolve_keep
+
+    out = _check_new_dir(args.out)
+    try:
+        mcfg = AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {args.model}: cannot read its config ({e}); pass a model directory "
+                          "or a hub id reachable from here") from None
+    n = mcfg.get_text_config().num_hidden_layers
+    resolve_keep(n, args.keep, args.drop)  # refuse a bad set before loading any weights
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    student = drop_layers(model, keep=args.keep, drop=args.drop)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prune-", dir=out.parent))
+    try:
+        student.save_pretrained(tmp)
+        _copy_tokenizer(args.model, tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)  # all or nothing
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kept = student.config.prun_tts["kept_layers"]
+    print(f"kept layers {kept} of {n} -> {out}")
+    return 0
+
+
+def _copy_tokenizer(model: str, out: Path) -> None:
+    src = Path(model)
+    if src.is_dir():
+        for f in src.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "prun_tts_")) or f.name == "vocab.json":
+                shutil.copy2(f, out / f.name)
+
+
+def cmd_score(cfg: Config, args) -> int:
+    from orchestrator.builders import build_world, load_teacher, n_to_drop, pick_device, scoring_context
+    from orchestrator.prune.surgery import decoder_layers
+    from orchestrator.recipes.score import format_table, score_all, write_scores
+
+    world = build_world(cfg)
+    teacher, _ = load_teacher(cfg, world, pick_device(cfg), not args.quiet)
+    k = n_to_drop(cfg, len(decoder_layers(teacher)))
+    results = score_all(teacher, scoring_context(cfg, world, k, not args.quiet), list(cfg.score.scorers), cfg.prune.strategy)
+    files = write_scores(results, Path(cfg.output_dir) / "scores")
+    print(format_table(results))
+    print(f"table: {files['csv']}\nplot: {files['png']}")
+    return 0
+
+
+def cmd_distill(cfg: Config, args) -> int:
+    from orchestrator.builders import build_world, load_teacher, n_to_drop, pick_device, scoring_context
+    from orchestrator.prune.select import choose_layers
+    from orchestrator.prune.surgery import decoder_layers, resolve_keep
+    from orchestrator.recipes.demo import layer_tag
+    from orchestrator.recipes.distill import distill
+
+    if args.drop is None and args.keep is None and cfg.prune.scorer == "best":
+        raise ConfigError("distill needs a layer set: pass --drop/--keep, or set prune.scorer to one scorer")
+    world = build_world(cfg)
+    teacher, meta = load_teacher(cfg, world, pick_device(cfg), not args.quiet)
+    n = len(decoder_layers(teacher))
+    if args.drop is None and args.keep is None:
+        ctx = scoring_context(cfg, world, n_to_drop(cfg, n), not args.quiet)
+        drop, _ = choose_layers(cfg.prune.strategy, cfg.prune.scorer, teacher, ctx, ctx.n_drop)
+    else:
+        kept = resolve_keep(n, args.keep, args.drop)
+        drop = [i for i in range(n) if i not in kept]
+    out = Path(cfg.output_dir) / "students" / layer_tag(drop)
+    distill(cfg, world, teacher, meta.get("train_tokens"), drop, out, not args.quiet)
+    print(f"student: {out / 'student'}")
+    return 0
+
+
+def cmd_evaluate(cfg: Config, args) -> int:
+    from orchestrator.builders import build_world, load_model, load_teacher, pick_device
+    from orchestrator.evaluate.synthesis import evaluate_model
+
+    world = build_world(cfg)
+    device = pick_device(cfg)
+    model = load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device, not args.quiet)[0]
+    items = (world.test_items if args.split == "test" else world.dev_items)[: cfg.evaluate.n_items]
+    result = evaluate_model(model, world, items, cfg.evaluate, not args.quiet)
+    s = result.summary()
+    print(json.dumps(s, indent=2))
+    out = Path(cfg.output_dir) / "evaluations"
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.model).name if args.model else "teacher"
+    (out / f"{name}-{args.split}.json").write_text(json.dumps({**s, "items": result.items}, indent=2))
+    return 0
+
+
+def cmd_demo(cfg: Config, args) -> int:
+    from orchestrator.recipes.demo import run_demo
+
+    run_demo(cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_train_teacher(cfg: Config, args) -> int:
+    from orchestrator.builders import build_world
+    from orchestrator.mini.teacher import train_teacher
+
+    if cfg.world.name != "mini":
+        raise ConfigError("train-teacher trains the mini world's teacher; set world.name=mini")
+    out = _check_new_dir(args.out)
+    path = train_teacher(cfg, build_world(cfg), out, not args.quiet)
+    print(f"teacher: {path}")
+    return 0
+
+
+COMMANDS = {"score": cmd_score, "distill": cmd_distill, "evaluate": cmd_evaluate, "demo": cmd_demo,
+            "train-teacher": cmd_train_teacher}
+
+if __name__ == "__main__":
+    sys.exit(main())

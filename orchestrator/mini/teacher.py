@@ -1,0 +1,98 @@
+"""The mini teacher: a LlamaForCausalLM in LLaSA's layout, trained on the mini corpus.
+
+It is cached on disk by a hash of the world and teacher settings; the repository
+ships the one `configs/mini.yaml` describes (made by `make teacher`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from tqdm.auto import tqdm
+
+from orchestrator.config import Config
+from orchestrator.distill.data import batches
+from orchestrator.distill.loop import lm_spec, make_state, train_step
+from orchestrator.world import World
+
+META = "prun_tts_teacher.json"
+CACHE = Path(".cache/prun-tts")
+
+
+def teacher_digest(cfg: Config) -> str:
+    t = cfg.world.teacher.model_dump(exclude={"path"})
+    return cfg.digest("world.mini") + "-" + _hash(t)
+
+
+def _hash(d: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def teacher_model_config(cfg: Config, world: World) -> LlamaConfig:
+    t, f = cfg.world.teacher, world.family
+    return LlamaConfig(
+        vocab_size=f.vocab_size, hidden_size=t.hidden, intermediate_size=t.mlp, num_hidden_layers=t.layers,
+        num_attention_heads=t.heads, num_key_value_heads=t.kv_heads, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=f.bos_id, eos_token_id=f.end_id, pad_token_id=f.pad_id,
+    )
+
+
+def read_meta(path: str | Path) -> dict | None:
+    p = Path(path) / META
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def find_teacher(cfg: Config) -> Path | None:
+    """The configured teacher directory, or the cached one, if it was trained from this config."""
+    digest = teacher_digest(cfg)
+    for candidate in (Path(cfg.world.teacher.path), CACHE / f"mini-teacher-{digest}"):
+        meta = read_meta(candidate)
+        if meta and meta.get("digest") == digest:
+            return candidate
+    return None
+
+
+def train_teacher(cfg: Config, world: World, out: str | Path, progress: bool = True) -> Path:
+    t = cfg.world.teacher
+    torch.manual_seed(t.seed)
+    model = LlamaForCausalLM(teacher_model_config(cfg, world))
+    state = make_state(model, t.lr, t.warmup, t.steps)
+    spec = lm_spec(world.family.speech_ids)
+    start = time.time()
+    bar = tqdm(total=t.steps, desc="train mini teacher", disable=not progress)
+    for batch in batches(world.family, world.train_pairs, t.batch_size, epochs=1, seed=t.seed):
+        metrics = train_step(state, [batch], spec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['ce']:.3f}")
+        if state.step >= t.steps:
+            break
+    bar.close()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    meta = {
+        "digest": teacher_digest(cfg),
+        "world": cfg.world.mini.model_dump(),
+        "teacher": t.model_dump(exclude={"path"}),
+        "train_tokens": state.tokens,
+        "train_pairs": state.step * t.batch_size,
+        "steps": state.step,
+        "train_seconds": round(time.time() - start, 1),
+        "torch": torch.__version__,
+        "command": "prun-tts train-teacher --config configs/mini.yaml",
+    }
+    (out / META).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def ensure_teacher(cfg: Config, world: World, progress: bool = True) -> tuple[Path, dict]:
+    """Path and metadata of the mini teacher for this config, training it if none is cached."""
+    path = find_teacher(cfg)
+    if path is None:
+        path = train_teacher(cfg, world, CACHE / f"mini-teacher-{teacher_digest(cfg)}", progress)
+    return path, read_meta(path)

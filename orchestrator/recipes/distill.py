@@ -1,0 +1,118 @@
+"""Recipe: prune the teacher to a layer set and distil it back, on a data budget.
+
+The budget is a fraction of the teacher's training tokens; every token the
+student processes counts (all epochs), so `data_fraction: 0.05` means the
+student sees at most 5% of what the teacher saw.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from orchestrator.config import Config, ConfigError
+from orchestrator.distill.data import batches
+from orchestrator.distill.loop import load_checkpoint, loss_spec, make_state, save_checkpoint, train_step
+from orchestrator.prune.surgery import decoder_layers, drop_layers, resolve_keep
+from orchestrator.world import World
+
+
+@dataclasses.dataclass
+class DataBudget:
+    tokens_allowed: int
+    pairs: int  # distinct training pairs used
+    unique_tokens: int
+    epochs: int
+
+    @property
+    def tokens(self) -> int:
+        return self.unique_tokens * self.epochs
+
+
+def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBudget:
+    d = cfg.distill
+    if not teacher_tokens:
+        raise ConfigError("distill.data_fraction needs the teacher's training token count, which this teacher "
+                          "does not record")
+    allowed = int(teacher_tokens * d.data_fraction)
+    per_epoch = allowed // d.epochs
+    unique, n = 0, 0
+    while n < len(world.train_pairs):
+        ids, _ = world.family.training_ids(*world.train_pairs[n])
+        if unique + len(ids) > per_epoch:
+            break
+        unique += len(ids)
+        n += 1
+    n -= n % d.batch_size  # whole batches only
+    unique = sum(len(world.family.training_ids(*world.train_pairs[i])[0]) for i in range(n))
+    if n == 0:
+        raise ConfigError(f"distill.data_fraction={d.data_fraction} allows {allowed} tokens, less than one batch of "
+                          f"{d.batch_size} pairs; raise the fraction or lower distill.batch_size")
+    return DataBudget(allowed, n, unique, d.epochs)
+
+
+def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int | None, drop: Sequence[int],
+            out_dir: str | Path, progress: bool = True) -> tuple[nn.Module, list[dict], DataBudget]:
+    """Student with `drop` removed, distilled from `teacher`; saved under out_dir/student.
+
+    Resumes from out_dir/checkpoint.pt when a previous run of the same student stopped early.
+    """
+    d = cfg.distill
+    n_teacher = len(decoder_layers(teacher))
+    kept = resolve_keep(n_teacher, drop=drop)
+    budget = plan_budget(cfg, world, teacher_tokens)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    spec = loss_spec(d, world.family.speech_ids, kept, n_teacher)
+    if spec.needs_attention:  # attention maps are only returned by the eager implementation
+        teacher.set_attn_implementation("eager")
+    student = drop_layers(teacher, drop=drop)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    data = [world.train_pairs[i] for i in range(budget.pairs)]
+    steps = budget.pairs * d.epochs // (d.batch_size * d.grad_accum)
+    state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.is_file():
+        load_checkpoint(state, ckpt)
+
+    torch.manual_seed(d.seed)
+    stream = batches(world.family, data, d.batch_size, epochs=d.epochs, seed=d.seed)
+    for _ in range(state.step * d.grad_accum):  # skip what a resumed run already trained on
+        next(stream)
+    history: list[dict] = []
+    bar = tqdm(total=steps, initial=state.step, desc="distill", disable=not progress)
+    while state.step < steps:
+        micro = [next(stream) for _ in range(d.grad_accum)]
+        metrics = train_step(state, micro, spec, teacher, d.clip, d.precision)
+        history.append({"step": state.step, "tokens": state.tokens, **metrics})
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if state.step % 50 == 0 or state.step == steps:
+            save_checkpoint(state, ckpt)
+    bar.close()
+
+    student.eval()
+    student.save_pretrained(out / "student")
+    _write_history(out / "history.csv", history)
+    (out / "budget.json").write_text(json.dumps({**dataclasses.asdict(budget), "tokens": budget.tokens,
+                                                 "teacher_tokens": teacher_tokens}, indent=2))
+    ckpt.unlink(missing_ok=True)
+    return student, history, budget
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("step", "tokens"), k))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from orchestrator.distill import losses
+
+
+def test_latent_targets_follow_the_paper_mapping():
+    # teacher 0..5, layers 2 and 3 cut: student 1 (teacher 1) stands for 1..3
+    assert losses.latent_targets([0, 1, 4, 5], 6) == [0, 3, 4, 5]
+    assert losses.latent_targets([0, 2, 4, 6], 8) == [1, 3, 5, 7]
+    assert losses.latent_targets([3], 8) == [7]
+    assert losses.latent_targets([1, 2], 4) == [1, 3]
+
+
+def _logits(rows, vocab=6, ids=(3, 4)):
+    """Logits whose speech-token part (ids) has the given log-probabilities."""
+    out = torch.full((1, len(rows) + 1, vocab), -5.0)
+    for t, probs in enumerate(rows):
+        out[0, t, list(ids)] = torch.log(torch.tensor(probs))
+    return out
+
+
+def test_speech_kl_known_value():
+    labels = torch.tensor([[-100, 3, 4]])  # positions 0 and 1 predict speech
+    teacher = _logits([[0.5, 0.5], [0.5, 0.5]])
+    student = _logits([[0.25, 0.75], [0.5, 0.5]])
+    ids = torch.tensor([3, 4])
+    expected = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)) / 2  # batchmean over 2 positions
+    assert losses.speech_kl(student, teacher, labels, ids) == pytest.approx(expected, rel=1e-5)
+    assert losses.speech_kl(teacher, teacher, labels, ids) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_speech_kl_ignores_non_speech_positions_and_other_tokens():
+    labels = torch.tensor([[-100, -100, 4]])  # only position 1 predicts speech
+    teacher = _logits([[0.9, 0.1], [0.5, 0.5]])
+    student = _logits([[0.1, 0.9], [0.5, 0.5]])
+    student[0, :, 0] = 7.0  # a non-speech token's logit does not enter the speech distribution
+    assert losses.speech_kl(student, teacher, labels, torch.tensor([3, 4])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_speech_kl_temperature_scaling():
+    labels = torch.tensor([[-100, 3]])
+    t = torch.zeros(1, 2, 2)
+    s = torch.zeros(1, 2, 2)
+    t[0, 0] = torch.tensor([2.0, 0.0])
+    ids = torch.tensor([0, 1])
+    p = torch.softmax(torch.tensor([1.0, 0.0]), 0)  # teacher at T=2
+    expected = float((p * torch.log(p / 0.5)).sum()) * 4
+    assert losses.speech_kl(s, t, labels, ids, temperature=2.0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_speech_ce_is_log_vocab_for_uniform_logits_and_skips_non_speech():
+    logits = torch.zeros(2, 5, 11)
+    labels = torch.full((2, 5), -100)
+    labels[:, 3:] = 7
+    assert losses.speech_ce(logits, labels) == pytest.approx(math.log(11), rel=1e-6)
+    logits[:, 0, 7] = 50.0  # position 0 predicts a non-speech label: no effect
+    assert losses.speech_ce(logits, labels) == pytest.approx(math.log(11), rel=1e-6)
+
+
+def test_latent_loss_uses_the_mapping_and_the_mask():
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 4, 8) for _ in range(4)]
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    student = [teacher[1] + 1.0, teacher[3].clone()]
+    student[1][~mask.bool()] = 100.0  # padding does not count
+    assert losses.latent_loss(student, teacher, [1, 3], mask, "mse") == pytest.approx(0.5)
+    assert losses.latent_loss([teacher[1], teacher[3]], teacher, [1, 3], mask, "cosine") == pytest.approx(0.0, abs=1e-6)
+    orth_s = [torch.tensor([[[1.0, 0.0]]])]
+    orth_t = [torch.tensor([[[0.0, 2.0]]])]
+    assert losses.latent_loss(orth_s, orth_t, [0], torch.ones(1, 1), "cosine") == pytest.approx(1.0)
+
+
+def test_attention_loss_known_value():
+    t = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])  # (B=1, H=1, T=2, T=2)
+    s = torch.tensor([[[[1.0, 0.0], [0.25, 0.75]]]])
+    mask = torch.ones(1, 2)
+    expected = (0.0 + 0.5 * math.log(2) + 0.5 * math.log(0.5 / 0.75)) / 2
+    assert losses.attention_loss([s], [t], [0], mask) == pytest.approx(expected, rel=1e-4)
+    assert losses.attention_loss([t], [t], [0], mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_embedding_loss_known_value():
+    t = torch.zeros(1, 3, 4)
+    s = torch.full((1, 3, 4), 2.0)
+    assert losses.embedding_loss(s, t, torch.ones(1, 3)) == pytest.approx(4.0)
+
+
+def test_adaptive_weights_normalise_by_running_magnitude():
+    aw = losses.AdaptiveWeights(momentum=0.5)
+    assert float(aw("kl", torch.tensor(8.0))) == pytest.approx(1.0)
+    assert float(aw("kl", torch.tensor(4.0))) == pytest.approx(4.0 / 6.0)  # running scale 0.5*8 + 0.5*4
+    assert float(aw("ce", torch.tensor(0.01))) == pytest.approx(1.0, rel=1e-4)
+    restored = losses.AdaptiveWeights(momentum=0.5)
+    restored.load_state_dict(aw.state_dict())
+    assert restored.scale == aw.scale

@@ -43,8 +43,8 @@ class TeacherConfig(Section):
     heads: int = Field(4, ge=1)
     kv_heads: int = Field(4, ge=1)
     mlp: int = Field(384, ge=8)
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    steps: int = Field(1600, ge=1)
+    batch_size: int = Field(24, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup: int = Field(100, ge=0)
     seed: int = 0

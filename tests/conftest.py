@@ -27,3 +27,50 @@ def tiny_qwen2(layers: int = 6, seed: int = 0) -> Qwen2ForCausalLM:
 @pytest.fixture(params=["llama", "qwen2"])
 def tiny_model(request):
     return (tiny_llama if request.param == "llama" else tiny_qwen2)()
+
+
+TINY_WORLD = [
+    "world.mini.n_sentences=300", "world.mini.dev_sentences=16", "world.mini.test_sentences=16",
+    "world.teacher.layers=4", "world.teacher.hidden=32", "world.teacher.heads=2", "world.teacher.kv_heads=2",
+    "world.teacher.mlp=64", "world.teacher.steps=3", "world.teacher.batch_size=8", "world.teacher.warmup=1",
+    "score.n_items=8", "score.n_pairs=16", "score.batch_size=8",
+    "evaluate.n_items=8", "evaluate.batch_size=8", "evaluate.max_new_tokens=60",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, monkeypatch):
+    """A reduced mini world and teacher: the real code paths, in seconds."""
+    from orchestrator.config import load_config
+
+    monkeypatch.setenv("PRUN_TTS_CACHE", str(tmp_path / "cache"))
+    return load_config("configs/mini.yaml", TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}",
+                                                          f"output_dir={tmp_path / 'runs'}"])
+
+
+@pytest.fixture
+def tiny_world(tiny_cfg):
+    from orchestrator.mini import build_mini_world
+
+    return build_mini_world(tiny_cfg, n_pairs=64)
+
+
+@pytest.fixture
+def random_teacher(tiny_cfg, tiny_world):
+    from transformers import LlamaForCausalLM
+
+    from orchestrator.mini.teacher import teacher_model_config
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(teacher_model_config(tiny_cfg, tiny_world)).eval()
+
+
+def make_identity(model, layer: int):
+    """Zero a layer's output projections: its residual branch adds nothing, so the layer is the identity."""
+    from orchestrator.prune.surgery import decoder_layers
+
+    block = decoder_layers(model)[layer]
+    with torch.no_grad():
+        block.self_attn.o_proj.weight.zero_()
+        block.mlp.down_proj.weight.zero_()
+    return model

@@ -5,7 +5,9 @@ ships the one `configs/mini.yaml` describes (made by `make teacher`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +21,10 @@ from orchestrator.distill.loop import lm_spec, make_state, train_step
 from orchestrator.world import World
 
 META = "prun_tts_teacher.json"
-CACHE = Path(".cache/prun-tts")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUN_TTS_CACHE", ".cache/prun-tts"))
 
 
 def teacher_digest(cfg: Config) -> str:
@@ -28,8 +33,6 @@ def teacher_digest(cfg: Config) -> str:
 
 
 def _hash(d: dict) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -50,7 +53,7 @@ def read_meta(path: str | Path) -> dict | None:
 def find_teacher(cfg: Config) -> Path | None:
     """The configured teacher directory, or the cached one, if it was trained from this config."""
     digest = teacher_digest(cfg)
-    for candidate in (Path(cfg.world.teacher.path), CACHE / f"mini-teacher-{digest}"):
+    for candidate in (Path(cfg.world.teacher.path), cache_dir() / f"mini-teacher-{digest}"):
         meta = read_meta(candidate)
         if meta and meta.get("digest") == digest:
             return candidate
@@ -94,5 +97,5 @@ def ensure_teacher(cfg: Config, world: World, progress: bool = True) -> tuple[Pa
     """Path and metadata of the mini teacher for this config, training it if none is cached."""
     path = find_teacher(cfg)
     if path is None:
-        path = train_teacher(cfg, world, CACHE / f"mini-teacher-{teacher_digest(cfg)}", progress)
+        path = train_teacher(cfg, world, cache_dir() / f"mini-teacher-{teacher_digest(cfg)}", progress)
     return path, read_meta(path)

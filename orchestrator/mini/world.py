@@ -14,15 +14,15 @@ import numpy as np
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
-# Grammar: each template is a sequence of word classes; sentences are 3-6 words.
+# Grammar: each template is a sequence of word classes; sentences are 3-5 words.
 TEMPLATES = [
     ("det", "noun", "verb"),
     ("det", "adj", "noun", "verb"),
+    ("det", "noun", "verb", "adv"),
+    ("noun", "verb", "det", "noun"),
     ("det", "noun", "verb", "det", "noun"),
     ("det", "adj", "noun", "verb", "adv"),
-    ("det", "noun", "verb", "prep", "det", "noun"),
-    ("noun", "verb", "det", "adj", "noun"),
-    ("det", "adj", "noun", "verb", "det", "noun"),
+    ("det", "noun", "verb", "prep", "noun"),
 ]
 CLASS_SIZES = {"det": 6, "prep": 8, "adv": 30, "adj": 70, "verb": 90, "noun": 150}
 

@@ -1,0 +1,118 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from orchestrator.config import DistillConfig
+from orchestrator.distill.loop import (LossSpec, load_checkpoint, loss_spec, make_state, save_checkpoint, train_step)
+from orchestrator.prune.surgery import drop_layers
+
+SPEECH = torch.arange(40, 97)
+
+
+def random_batch(seed, rows=4, width=16):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 97, (rows, width), generator=g)
+    labels = ids.clone()
+    labels[:, :6] = -100  # text span: no loss
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    labels[0, -3:] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def spec_for(weights, kept, n=6, **kw):
+    cfg = DistillConfig(weights=weights, **kw)
+    return loss_spec(cfg, SPEECH, kept, n)
+
+
+def test_distillation_moves_the_student_towards_the_teacher():
+    teacher = tiny_llama(6)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = drop_layers(teacher, drop=[2, 3])
+    for p in student.parameters():
+        p.requires_grad_(True)
+    spec = spec_for({"kl": 1, "latent": 1, "attention": 0.5, "embedding": 0.1, "ce": 0}, [0, 1, 4, 5])
+    teacher.set_attn_implementation("eager")
+    student.set_attn_implementation("eager")
+    assert spec.targets == (0, 3, 4, 5)
+    state = make_state(student, lr=3e-3, warmup=1, total_steps=40)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = random_batch(0)
+    first = train_step(state, [batch], spec, teacher)
+    for _ in range(39):
+        last = train_step(state, [batch], spec, teacher)
+    assert set(first) >= {"kl", "latent", "attention", "embedding", "loss", "grad_norm", "lr"}
+    assert first["embedding"] == pytest.approx(0.0, abs=1e-9)  # the student starts with the teacher's embeddings
+    assert last["loss"] < 0.1 * first["loss"] and last["latent"] < 0.1 * first["latent"]
+    assert last["kl"] < first["kl"]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # frozen teacher
+    assert state.step == 40 and state.tokens == 40 * int(batch["attention_mask"].sum())
+
+
+def test_without_teacher_it_is_plain_speech_span_training():
+    model = tiny_llama(2)
+    state = make_state(model, lr=3e-3, warmup=1, total_steps=30)
+    spec = LossSpec({"ce": 1.0}, 1.0, "mse", SPEECH)
+    batch = random_batch(1)
+    losses = [train_step(state, [batch], spec)["ce"] for _ in range(30)]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_checkpoint_restore_continues_exactly(tmp_path):
+    teacher = tiny_llama(4)
+    spec = spec_for({"kl": 1.0, "latent": 1.0, "ce": 0.5}, [0, 3], n=4, adaptive=True)
+    batches = [random_batch(s) for s in range(6)]
+
+    def fresh():
+        torch.manual_seed(0)
+        s = drop_layers(teacher, drop=[1, 2])
+        for p in s.parameters():
+            p.requires_grad_(True)
+        return make_state(s, lr=1e-3, warmup=2, total_steps=6, adaptive=True)
+
+    straight = fresh()
+    for b in batches:
+        train_step(straight, [b], spec, teacher)
+
+    resumed = fresh()
+    for b in batches[:3]:
+        train_step(resumed, [b], spec, teacher)
+    save_checkpoint(resumed, tmp_path / "ckpt.pt")
+    restarted = fresh()
+    load_checkpoint(restarted, tmp_path / "ckpt.pt")
+    assert restarted.step == 3 and restarted.tokens == resumed.tokens
+    assert restarted.adaptive.scale == resumed.adaptive.scale
+    for b in batches[3:]:
+        train_step(restarted, [b], spec, teacher)
+    for (k, a), b in zip(straight.model.state_dict().items(), restarted.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    teacher = tiny_llama(4)
+    spec = spec_for({"kl": 1.0}, [0, 1], n=4)
+    b1, b2 = random_batch(3, rows=2), random_batch(4, rows=2)
+    for b in (b1, b2):  # same number of speech positions in each, so the means agree
+        b["attention_mask"][:] = 1
+        b["labels"][:, :6] = -100
+    both = {k: torch.cat([b1[k], b2[k]]) for k in b1}
+    grads = []
+    for micro in ([b1, b2], [both]):
+        torch.manual_seed(0)
+        s = drop_layers(teacher, drop=[2, 3])
+        for p in s.parameters():
+            p.requires_grad_(True)
+        state = make_state(s, lr=0.0 + 1e-9, warmup=0, total_steps=1)
+        state.optimizer.step = lambda: None  # keep the gradients to compare them
+        state.optimizer.zero_grad = lambda set_to_none=True: None
+        train_step(state, micro, spec, teacher, clip=1e9)
+        grads.append(torch.cat([p.grad.flatten() for p in s.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_every_weight_zero_is_refused():
+    with pytest.raises(ValueError, match="at least one term"):
+        spec_for({"kl": 0, "latent": 0, "attention": 0, "embedding": 0, "ce": 0}, [0])

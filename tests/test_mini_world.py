@@ -1,0 +1,77 @@
+import numpy as np
+
+from orchestrator.config import load_config
+from orchestrator.distill.data import collate
+from orchestrator.evaluate.metrics import mean_wer
+from orchestrator.mini import build_mini_world
+from orchestrator.mini.family import SPECIAL_TOKENS
+from orchestrator.mini.world import MiniWorld, WorldSpec
+
+SPEC = WorldSpec(seed=3, n_sentences=300, dev_sentences=20, test_sentences=20)
+
+
+def test_world_is_deterministic_and_split_by_sentence():
+    a, b = MiniWorld(SPEC), MiniWorld(SPEC)
+    assert a.words == b.words and a.train_sentences == b.train_sentences and a.speakers == b.speakers
+    assert 300 <= len(a.words) <= 400
+    train, dev, test = set(a.train_sentences), set(a.dev_sentences), set(a.test_sentences)
+    assert not (train & dev or train & test or dev & test)
+    assert MiniWorld(WorldSpec(seed=4, n_sentences=300)).words != a.words
+
+
+def test_asr_inverts_every_speaker_and_a_wrong_code_is_a_word_error():
+    w = MiniWorld(SPEC)
+    from orchestrator.mini.speech import MiniASR
+
+    asr = MiniASR(w)
+    rng = np.random.default_rng(0)
+    texts = w.test_sentences[:16]
+    utts = [w.speak(t, i % SPEC.n_speakers, rng) for i, t in enumerate(texts)]
+    assert mean_wer(texts, asr.transcribe([u.codes for u in utts])) == 0.0
+    # replace the first phone of the first word with another phone: one word error
+    codes = list(utts[0].codes)
+    first = w.unit_of(codes[0])
+    other = (first % (len(w.units) - 1)) + 1  # a different phone unit, never the pause
+    codes = [other * SPEC.n_timbres if w.unit_of(c) == first and i < 4 else c for i, c in enumerate(codes)]
+    hyp = asr.transcribe([codes])[0]
+    assert hyp.split()[1:] == texts[0].split()[1:]
+    assert 0 < mean_wer([texts[0]], [hyp]) <= 1 / len(texts[0].split()) + 1e-9
+
+
+def test_speaker_verifier_tells_voices_apart():
+    w = MiniWorld(SPEC)
+    from orchestrator.mini.speech import MiniSpeakerVerifier
+
+    v = MiniSpeakerVerifier(w)
+    rng = np.random.default_rng(1)
+    same, diff = [], []
+    for i in range(40):
+        a, b = w.test_sentences[i % 20], w.dev_sentences[i % 20]
+        s1, s2 = i % SPEC.n_speakers, (i + 1) % SPEC.n_speakers
+        ref = w.speak(a, s1, rng).codes
+        same.append(v.similarity(w.speak(b, s1, rng).codes, ref))
+        diff.append(v.similarity(w.speak(b, s2, rng).codes, ref))
+    assert np.mean(same) > 0.7 and np.mean(same) > np.mean(diff) + 0.4
+
+
+def test_family_follows_llasa_layout():
+    cfg = load_config(None, ["world.mini.n_sentences=300", "world.mini.dev_sentences=20", "world.mini.test_sentences=20"])
+    world = build_mini_world(cfg, n_pairs=8)
+    f = world.family
+    n_text = len(f.text_vocab)
+    assert [f.special[s] for s in SPECIAL_TOKENS] == list(range(n_text, n_text + 8))
+    assert f.speech_offset == n_text + 8 and f.vocab_size == f.speech_offset + f.n_codes
+    item = world.test_items[0]
+    ids = f.prompt_ids(item.prompt_text, item.target_text, item.prompt_codes)
+    sgs = ids.index(f.special["SPEECH_GENERATION_START"])
+    assert ids[:2] == [f.bos_id, f.special["TEXT_UNDERSTANDING_START"]]
+    assert ids[sgs - 1] == f.special["TEXT_UNDERSTANDING_END"]
+    assert [t - f.speech_offset for t in ids[sgs + 1:]] == list(item.prompt_codes)
+    assert f.codes_of([f.speech_offset + 5, f.speech_offset, f.end_id, f.speech_offset + 1]) == [5, 0]
+    batch = collate(f, [world.train_pairs[i] for i in range(4)])
+    labels, ids = batch["labels"], batch["input_ids"]
+    speech = labels != -100
+    # labels cover exactly the speech span (codes and the end token), nothing before it
+    assert ((ids[speech] >= f.speech_offset) | (ids[speech] == f.end_id)).all()
+    assert (labels[speech] == ids[speech]).all()
+    assert ((ids == f.end_id).sum(1) == 1).all()

@@ -5,8 +5,6 @@ allowed values in the message (`ConfigError`, exit code 2 from the CLI).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,17 +120,6 @@ class Config(Section):
                 f"and heads by kv_heads ({t.kv_heads})"
             )
         return self
-
-    def digest(self, *sections: str) -> str:
-        """A short hash of the named sections (the mini teacher is cached by it)."""
-        data = {s: _dig(self, s) for s in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _dig(obj: BaseModel, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj.model_dump() if isinstance(obj, BaseModel) else obj
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from orchestrator.config import load_config
 from orchestrator.distill.data import collate
@@ -75,3 +76,27 @@ def test_family_follows_llasa_layout():
     assert ((ids[speech] >= f.speech_offset) | (ids[speech] == f.end_id)).all()
     assert (labels[speech] == ids[speech]).all()
     assert ((ids == f.end_id).sum(1) == 1).all()
+
+
+def test_shipped_teacher_matches_its_config_and_speaks():
+    """The teacher in orchestrator/assets was made by `make teacher` from configs/mini.yaml."""
+    from pathlib import Path
+
+    from orchestrator.builders import build_world, load_model
+    from orchestrator.evaluate.synthesis import evaluate_model
+    from orchestrator.mini.teacher import find_teacher, read_meta, teacher_digest
+
+    cfg = load_config("configs/mini.yaml")
+    path = Path(cfg.world.teacher.path)
+    meta = read_meta(path)
+    assert meta is not None, f"{path} has no prun_tts_teacher.json: run `make teacher`"
+    assert meta["digest"] == teacher_digest(cfg)
+    assert meta["teacher"]["seed"] == cfg.world.teacher.seed and meta["command"].startswith("prun-tts train-teacher")
+    assert find_teacher(cfg) == path
+    world = build_world(cfg)
+    model = load_model(world, path, torch.device("cpu"))
+    t = cfg.world.teacher
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (
+        t.layers, t.hidden, world.family.vocab_size)
+    result = evaluate_model(model, world, world.test_items[:32], cfg.evaluate)
+    assert result.wer < 0.10 and result.sim > 0.5

@@ -26,11 +26,11 @@ class MiniPairs:
         sents = self.world.train_sentences
         a, b = rng.choice(len(sents), size=2, replace=False)
         spk = int(rng.integers(len(self.world.speakers)))
-        return _sample(self.world, sents[a], spk, rng), _sample(self.world, sents[b], spk, rng, leading_pause=True)
+        return _sample(self.world, sents[a], spk, rng, trailing_pause=True), _sample(self.world, sents[b], spk, rng)
 
 
-def _sample(world: MiniWorld, text: str, spk: int, rng, leading_pause: bool = False) -> Sample:
-    u = world.speak(text, spk, rng, leading_pause=leading_pause)
+def _sample(world: MiniWorld, text: str, spk: int, rng, trailing_pause: bool = False) -> Sample:
+    u = world.speak(text, spk, rng, trailing_pause=trailing_pause)
     return Sample(u.text, f"spk{spk}", u.codes)
 
 
@@ -41,7 +41,7 @@ def eval_items(world: MiniWorld, sentences: list[str], tag: str) -> list[EvalIte
         rng = np.random.default_rng([world.spec.seed, 2, i, len(tag)])
         spk = i % len(world.speakers)
         prompt_text = sentences[(i + 1) % len(sentences)]
-        prompt = world.speak(prompt_text, spk, rng)
+        prompt = world.speak(prompt_text, spk, rng, trailing_pause=True)  # a prompt ends in silence
         items.append(EvalItem(f"{tag}-{i:04d}-spk{spk}", prompt_text, prompt.codes, target))
     return items
 

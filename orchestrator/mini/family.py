@@ -75,4 +75,5 @@ class MiniFamily:
         return codes
 
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
+        kwargs.setdefault("dtype", torch.float32)  # tiny model: train and run it in fp32 everywhere
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from orchestrator.config import Config
 from orchestrator.distill.data import batches
 from orchestrator.distill.loop import lm_spec, make_state, train_step
+from orchestrator.mini.world import WORLD_VERSION
 from orchestrator.world import World
 
 META = "prun_tts_teacher.json"
@@ -28,12 +29,10 @@ def cache_dir() -> Path:
 
 
 def teacher_digest(cfg: Config) -> str:
-    t = cfg.world.teacher.model_dump(exclude={"path"})
-    return cfg.digest("world.mini") + "-" + _hash(t)
-
-
-def _hash(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    """Hash of everything that determines the teacher: world version and settings, teacher settings."""
+    data = {"version": WORLD_VERSION, "world": cfg.world.mini.model_dump(),
+            "teacher": cfg.world.teacher.model_dump(exclude={"path"})}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def teacher_model_config(cfg: Config, world: World) -> LlamaConfig:
@@ -77,9 +76,11 @@ def train_teacher(cfg: Config, world: World, out: str | Path, progress: bool = T
     bar.close()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    # Stored in fp16 (half the size in the repository); loaded back as fp32.
+    model.to(torch.float16).save_pretrained(out)
     meta = {
         "digest": teacher_digest(cfg),
+        "world_version": WORLD_VERSION,
         "world": cfg.world.mini.model_dump(),
         "teacher": t.model_dump(exclude={"path"}),
         "train_tokens": state.tokens,

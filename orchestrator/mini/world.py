@@ -12,6 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
+# Bump when the rendering below changes, so cached teachers are retrained.
+WORLD_VERSION = 2
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
 # Grammar: each template is a sequence of word classes; sentences are 3-5 words.
@@ -118,21 +120,20 @@ class MiniWorld:
     def n_codes(self) -> int:
         return len(self.units) * self.spec.n_timbres
 
-    def speak(self, text: str, speaker: int, rng: np.random.Generator, leading_pause: bool = False) -> Utterance:
+    def speak(self, text: str, speaker: int, rng: np.random.Generator, trailing_pause: bool = False) -> Utterance:
         """Render text as codes: each unit a run of (unit, timbre) codes of random length.
 
-        `leading_pause` starts with the pause that separates this text from speech
-        before it (a continuation after a prompt).
+        `trailing_pause` ends with the pause that separates this speech from what
+        follows it, as a recorded prompt ends in silence.
         """
         spk = self.speakers[speaker]
         unit_index = {u: i for i, u in enumerate(self.units)}
+        units = list("|".join(text.split())) + (["|"] if trailing_pause else [])
         codes: list[int] = []
-        for w, word in enumerate(text.split()):
-            units = ([] if w == 0 and not leading_pause else ["|"]) + list(word)
-            for u in units:
-                run = 1 + int(rng.choice(len(spk.duration_probs), p=_norm(spk.duration_probs)))
-                timbres = rng.choice(self.spec.n_timbres, size=run, p=_norm(spk.timbre_probs))
-                codes.extend(unit_index[u] * self.spec.n_timbres + int(t) for t in timbres)
+        for u in units:
+            run = 1 + int(rng.choice(len(spk.duration_probs), p=_norm(spk.duration_probs)))
+            timbres = rng.choice(self.spec.n_timbres, size=run, p=_norm(spk.timbre_probs))
+            codes.extend(unit_index[u] * self.spec.n_timbres + int(t) for t in timbres)
         return Utterance(text, speaker, tuple(codes))
 
     def unit_of(self, code: int) -> int:

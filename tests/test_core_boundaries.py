@@ -1,0 +1,10 @@
+import subprocess
+import sys
+
+
+def test_core_imports_neither_ray_nor_mlflow():
+    code = ("import sys; import orchestrator.prune.importance, orchestrator.prune.select, orchestrator.distill.loop, "
+            "orchestrator.evaluate.synthesis, orchestrator.recipes.demo, orchestrator.cli; "
+            "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

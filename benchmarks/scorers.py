@@ -54,8 +54,9 @@ def main() -> None:
 
     lines = [
         f"Teacher: {n} layers, test WER {100 * base.wer:.2f}%, SIM {base.sim:.3f} ({len(test)} test items).",
-        f"Students: {n - k} layers (strategy `{cfg.prune.strategy}`), distilled on {rows[0][4].tokens} tokens = "
-        f"{rows[0][4].tokens / meta['train_tokens']:.2%} of the teacher's {meta['train_tokens']} training tokens.",
+        f"Students: {n - k} layers (strategy `{cfg.prune.strategy}`), each distilled on the same "
+        f"{rows[0][4].unique_tokens} distinct tokens = {rows[0][4].unique_tokens / meta['train_tokens']:.2%} of the "
+        f"teacher's {meta['train_tokens']} training tokens, {rows[0][4].epochs} epochs.",
         "",
         "| scorer | removed layers | WER % pruned only | WER % distilled | SIM pruned | SIM distilled |",
         "|---|---|---|---|---|---|",

@@ -77,7 +77,7 @@ class LossWeights(Section):
 
 
 class DistillConfig(Section):
-    data_fraction: float = Field(0.05, gt=0, le=1, description="student training tokens / teacher training tokens")
+    data_fraction: float = Field(0.05, gt=0, le=1, description="distinct student training tokens / teacher training tokens")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -88,6 +88,7 @@ class DistillConfig(Section):
     latent_loss: Literal["mse", "cosine"] = "mse"
     weights: LossWeights = LossWeights()
     adaptive: bool = False
+    on_policy: float = Field(0.0, ge=0, le=1, description="share of steps on the student's own continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
 

@@ -21,7 +21,7 @@ def test_demo_end_to_end_on_a_reduced_world(tiny_cfg, tmp_path, capsys, monkeypa
     assert summary["pruned"]["n_layers"] == summary["distilled"]["n_layers"] == 2
     assert summary["distilled"]["params"] < summary["teacher"]["params"]
     assert summary["scorer"] in ("wli", "last_n", "block_influence")
-    assert 0 < summary["budget"]["fraction"] <= 0.5
+    assert 0 < summary["budget"]["data_fraction"] <= 0.5
     assert len(summary["dropped_layers"]) == 2
     for f in ("scores/layer_scores.csv", "scores/layer_importance.png", "demo.md"):
         assert (runs / f).is_file(), f

@@ -116,3 +116,41 @@ def test_gradient_accumulation_averages_micro_batches():
 def test_every_weight_zero_is_refused():
     with pytest.raises(ValueError, match="at least one term"):
         spec_for({"kl": 0, "latent": 0, "attention": 0, "embedding": 0, "ce": 0}, [0])
+
+
+def test_data_budget_holds_distinct_pairs_within_the_fraction(tiny_cfg, tiny_world):
+    from orchestrator.config import ConfigError
+    from orchestrator.recipes.distill import plan_budget
+
+    teacher_tokens = sum(len(tiny_world.family.training_ids(*tiny_world.train_pairs[i])[0]) for i in range(64))
+    cfg = tiny_cfg.model_copy(update={"distill": DistillConfig(data_fraction=0.25, batch_size=4, epochs=3)})
+    b = plan_budget(cfg, tiny_world, teacher_tokens)
+    assert b.pairs % 4 == 0 and b.pairs >= 4
+    assert b.unique_tokens == sum(len(tiny_world.family.training_ids(*tiny_world.train_pairs[i])[0]) for i in range(b.pairs))
+    assert b.unique_tokens <= 0.25 * teacher_tokens
+    assert b.tokens == 3 * b.unique_tokens  # processed = data x epochs
+    tiny = tiny_cfg.model_copy(update={"distill": DistillConfig(data_fraction=0.001, batch_size=4)})
+    with pytest.raises(ConfigError, match="less than one batch"):
+        plan_budget(tiny, tiny_world, teacher_tokens)
+
+
+def test_on_policy_rollouts_continue_the_prompt_and_keep_speech_labels(tiny_world, random_teacher):
+    from orchestrator.distill.data import collate, student_rollouts
+    from orchestrator.distill.loop import is_on_policy_step
+
+    f = tiny_world.family
+    batch = collate(f, [tiny_world.train_pairs[i] for i in range(3)])
+    torch.manual_seed(0)
+    rolled = student_rollouts(random_teacher, batch, f.pad_id, f.end_id)
+    for i in range(3):
+        p = int(batch["prompt_len"][i])
+        n = int(rolled["attention_mask"][i].sum())
+        assert torch.equal(rolled["input_ids"][i, :p], batch["input_ids"][i, :p])  # same prompt
+        assert torch.equal(rolled["labels"][i, :p], batch["labels"][i, :p])
+        assert torch.equal(rolled["labels"][i, p:n], rolled["input_ids"][i, p:n])  # every generated token is a label
+        assert (rolled["labels"][i, n:] == -100).all()
+        generated = rolled["input_ids"][i, p:n].tolist()
+        assert f.end_id not in generated[:-1]  # cut at the end token
+    assert [is_on_policy_step(s, 0.5) for s in range(6)] == [False, True, False, True, False, True]
+    assert sum(is_on_policy_step(s, 0.25) for s in range(100)) == 25
+    assert not any(is_on_policy_step(s, 0.0) for s in range(10))

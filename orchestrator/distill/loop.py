@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from orchestrator.config import DistillConfig
-from orchestrator.distill import losses
+from orchestrator.distill import data, losses
 
 
 @dataclasses.dataclass
@@ -40,6 +40,9 @@ class LossSpec:
     latent_kind: str
     speech_ids: torch.Tensor
     targets: tuple[int, ...] = ()  # student layer i -> teacher layer targets[i]
+    on_policy: float = 0.0  # share of steps trained on the student's own continuations
+    pad_id: int = 0
+    end_id: int = 0
 
     @property
     def needs_hidden(self) -> bool:
@@ -50,12 +53,18 @@ class LossSpec:
         return self.weights.get("attention", 0) > 0
 
 
-def loss_spec(cfg: DistillConfig, speech_ids: torch.Tensor, kept: Sequence[int] = (), n_teacher: int = 0) -> LossSpec:
+def loss_spec(cfg: DistillConfig, speech_ids: torch.Tensor, kept: Sequence[int] = (), n_teacher: int = 0,
+              pad_id: int = 0, end_id: int = 0) -> LossSpec:
     weights = {k: v for k, v in cfg.weights.model_dump().items() if v > 0}
     if not weights:
         raise ValueError("distill.weights: every weight is 0; give at least one term a positive weight")
     targets = tuple(losses.latent_targets(kept, n_teacher)) if kept else ()
-    return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets)
+    return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets, cfg.on_policy, pad_id, end_id)
+
+
+def is_on_policy_step(step: int, share: float) -> bool:
+    """Exactly `share` of the steps, spread evenly."""
+    return share > 0 and math.floor((step + 1) * share) > math.floor(step * share)
 
 
 def lm_spec(speech_ids: torch.Tensor) -> LossSpec:
@@ -91,11 +100,12 @@ def make_state(model: nn.Module, lr: float, warmup: int, total_steps: int, preci
                       losses.AdaptiveWeights() if adaptive else None)
 
 
-def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec) -> dict[str, torch.Tensor]:
-    """Every weighted term, unweighted."""
+def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec,
+                   ground_truth: bool = True) -> dict[str, torch.Tensor]:
+    """Every weighted term, unweighted (no ground-truth loss on the student's own rollouts)."""
     w, labels, mask = spec.weights, batch["labels"], batch["attention_mask"]
     terms: dict[str, torch.Tensor] = {}
-    if "ce" in w:
+    if "ce" in w and ground_truth:
         terms["ce"] = losses.speech_ce(student_out.logits, labels)
     if teacher_out is None:
         return terms
@@ -120,7 +130,10 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
     amp = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     model.train()
     totals: dict[str, float] = {}
+    on_policy = teacher is not None and is_on_policy_step(state.step, spec.on_policy)
     for batch in micro_batches:
+        if on_policy:
+            batch = data.student_rollouts(model, batch, spec.pad_id, spec.end_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       output_hidden_states=spec.needs_hidden, output_attentions=spec.needs_attention, use_cache=False)
@@ -130,9 +143,11 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
                 with torch.no_grad():
                     teacher_out = teacher(**inputs)
             student_out = model(**inputs)
-            terms = compute_losses(student_out, teacher_out, batch, spec)
+            terms = compute_losses(student_out, teacher_out, batch, spec, ground_truth=not on_policy)
             loss = sum(spec.weights[k] * (state.adaptive(k, v) if state.adaptive else v) for k, v in terms.items())
         loss = loss / len(micro_batches)
+        if not torch.is_tensor(loss):
+            continue  # an on-policy step with only the ground-truth term weighted: nothing to learn
         (state.scaler.scale(loss) if state.scaler else loss).backward()
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(micro_batches)
@@ -150,6 +165,7 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     totals["lr"] = state.scheduler.get_last_lr()[0]
+    totals["on_policy"] = float(on_policy)
     return totals
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from orchestrator.config import EvalConfig
+from orchestrator.distill.data import left_pad
 from orchestrator.evaluate.metrics import PeakMemory, Stopwatch, utterance_wer
 from orchestrator.prune.surgery import count_parameters, decoder_layers
 from orchestrator.world import EvalItem, Family, World
@@ -27,16 +28,6 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "items"}
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
 
 
 @torch.no_grad()

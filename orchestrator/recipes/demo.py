@@ -53,11 +53,13 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
     drop = results[best][1]
     pruned_eval = evaluate_model(drop_layers(teacher, drop=drop), world, test, cfg.evaluate, progress)
 
-    log(f"[4/5] distilling the {best} student (drop {drop}), budget {cfg.distill.data_fraction:.0%} of the teacher's tokens")
+    log(f"[4/5] distilling the {best} student (drop {drop}) on {cfg.distill.data_fraction:.0%} of the teacher's data")
     student, history, budget = distill(cfg, world, teacher, meta.get("train_tokens"), drop,
                                        out / "students" / layer_tag(drop), progress)
-    log(f"      {budget.tokens} tokens ({budget.pairs} pairs x {budget.epochs} epochs) of the teacher's "
-        f"{meta.get('train_tokens')}: {budget.tokens / meta['train_tokens']:.2%}")
+    teacher_tokens = meta["train_tokens"]
+    log(f"      data: {budget.pairs} pairs, {budget.unique_tokens} tokens = {budget.unique_tokens / teacher_tokens:.2%} "
+        f"of the teacher's {teacher_tokens}; compute: {budget.epochs} epochs, {budget.tokens} tokens processed = "
+        f"{budget.tokens / teacher_tokens:.2%} of the teacher's")
 
     log("[5/5] evaluating the distilled student (test set)")
     student_eval = evaluate_model(student, world, test, cfg.evaluate, progress)
@@ -71,8 +73,10 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
         "scorer": best,
         "dropped_layers": drop,
         "dev_wer_pruned_only": dev_wer,
-        "budget": {"tokens": budget.tokens, "pairs": budget.pairs, "epochs": budget.epochs,
-                   "teacher_tokens": meta.get("train_tokens"), "fraction": budget.tokens / meta["train_tokens"]},
+        "budget": {"pairs": budget.pairs, "unique_tokens": budget.unique_tokens, "epochs": budget.epochs,
+                   "tokens_processed": budget.tokens, "teacher_tokens": teacher_tokens,
+                   "data_fraction": budget.unique_tokens / teacher_tokens,
+                   "compute_fraction": budget.tokens / teacher_tokens},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))

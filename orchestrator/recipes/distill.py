@@ -1,8 +1,10 @@
 """Recipe: prune the teacher to a layer set and distil it back, on a data budget.
 
-The budget is a fraction of the teacher's training tokens; every token the
-student processes counts (all epochs), so `data_fraction: 0.05` means the
-student sees at most 5% of what the teacher saw.
+The budget is a fraction of the teacher's training data, counted in tokens:
+`data_fraction: 0.05` gives the student distinct training pairs holding at most
+5% of the tokens the teacher was trained on (the paper's "less than 5% of the
+original training data"). `epochs` passes over that data; the tokens processed
+(data x epochs, the compute) are reported beside it.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
         raise ConfigError("distill.data_fraction needs the teacher's training token count, which this teacher "
                           "does not record")
     allowed = int(teacher_tokens * d.data_fraction)
-    per_epoch = allowed // d.epochs
+    per_epoch = allowed
     unique, n = 0, 0
     while n < len(world.train_pairs):
         ids, _ = world.family.training_ids(*world.train_pairs[n])
@@ -70,7 +72,8 @@ def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    spec = loss_spec(d, world.family.speech_ids, kept, n_teacher)
+    f = world.family
+    spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id)
     if spec.needs_attention:  # attention maps are only returned by the eager implementation
         teacher.set_attn_implementation("eager")
     student = drop_layers(teacher, drop=drop)

@@ -29,12 +29,9 @@ def pick_device(cfg: Config) -> torch.device:
 
 def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
     """The frozen teacher and what is known of its training (tokens seen, for the data budget)."""
-    if world.name == "mini":
-        from orchestrator.mini.teacher import ensure_teacher
+    from orchestrator.mini.teacher import ensure_teacher  # the only world so far
 
-        path, meta = ensure_teacher(cfg, world, progress)
-    else:
-        path, meta = Path(world.teacher_path), {}
+    path, meta = ensure_teacher(cfg, world, progress)
     return load_model(world, path, device), meta
 
 

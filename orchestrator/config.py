@@ -70,7 +70,7 @@ class PruneConfig(Section):
 
 class LossWeights(Section):
     kl: float = Field(1.0, ge=0)
-    latent: float = Field(1.0, ge=0)
+    latent: float = Field(0.1, ge=0)
     attention: float = Field(0.0, ge=0)
     embedding: float = Field(0.0, ge=0)
     ce: float = Field(0.5, ge=0)
@@ -78,17 +78,17 @@ class LossWeights(Section):
 
 class DistillConfig(Section):
     data_fraction: float = Field(0.05, gt=0, le=1, description="distinct student training tokens / teacher training tokens")
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     warmup: int = Field(10, ge=0)
     clip: float = Field(1.0, gt=0)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(2.0, gt=0)
     latent_loss: Literal["mse", "cosine"] = "mse"
     weights: LossWeights = LossWeights()
     adaptive: bool = False
-    on_policy: float = Field(0.0, ge=0, le=1, description="share of steps on the student's own continuations")
+    on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
 

@@ -23,6 +23,7 @@ def random_batch(seed, rows=4, width=16):
 
 
 def spec_for(weights, kept, n=6, **kw):
+    kw.setdefault("on_policy", 0.0)  # random batches have no prompts to continue
     cfg = DistillConfig(weights=weights, **kw)
     return loss_spec(cfg, SPEECH, kept, n)
 

@@ -26,12 +26,7 @@ class MiniPairs:
         sents = self.world.train_sentences
         a, b = rng.choice(len(sents), size=2, replace=False)
         spk = int(rng.integers(len(self.world.speakers)))
-        return _sample(self.world, sents[a], spk, rng, trailing_pause=True), _sample(self.world, sents[b], spk, rng)
-
-
-def _sample(world: MiniWorld, text: str, spk: int, rng, trailing_pause: bool = False) -> Sample:
-    u = world.speak(text, spk, rng, trailing_pause=trailing_pause)
-    return Sample(u.text, f"spk{spk}", u.codes)
+        return self.world.speak(sents[a], spk, rng, trailing_pause=True), self.world.speak(sents[b], spk, rng)
 
 
 def eval_items(world: MiniWorld, sentences: list[str], tag: str) -> list[EvalItem]:

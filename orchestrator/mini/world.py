@@ -12,6 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
+from orchestrator.world import Sample
+
 # Bump when the rendering below changes, so cached teachers are retrained.
 WORLD_VERSION = 2
 CONSONANTS = "bdfgklmnprstvz"
@@ -36,13 +38,6 @@ class Speaker:
     index: int
     timbre_probs: tuple[float, ...]
     duration_probs: tuple[float, ...]  # P(run length = 1, 2, 3, ...)
-
-
-@dataclasses.dataclass(frozen=True)
-class Utterance:
-    text: str
-    speaker: int
-    codes: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +115,7 @@ class MiniWorld:
     def n_codes(self) -> int:
         return len(self.units) * self.spec.n_timbres
 
-    def speak(self, text: str, speaker: int, rng: np.random.Generator, trailing_pause: bool = False) -> Utterance:
+    def speak(self, text: str, speaker: int, rng: np.random.Generator, trailing_pause: bool = False) -> Sample:
         """Render text as codes: each unit a run of (unit, timbre) codes of random length.
 
         `trailing_pause` ends with the pause that separates this speech from what
@@ -134,7 +129,7 @@ class MiniWorld:
             run = 1 + int(rng.choice(len(spk.duration_probs), p=_norm(spk.duration_probs)))
             timbres = rng.choice(self.spec.n_timbres, size=run, p=_norm(spk.timbre_probs))
             codes.extend(unit_index[u] * self.spec.n_timbres + int(t) for t in timbres)
-        return Utterance(text, speaker, tuple(codes))
+        return Sample(text, f"spk{speaker}", tuple(codes))
 
     def unit_of(self, code: int) -> int:
         return code // self.spec.n_timbres

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.command == "prune":
             return cmd_prune(args)
@@ -185,7 +186,8 @@ def cmd_train_teacher(cfg: Config, args) -> int:
     if cfg.world.name != "mini":
         raise ConfigError("train-teacher trains the mini world's teacher; set world.name=mini")
     out = _check_new_dir(args.out)
-    path = train_teacher(cfg, build_world(cfg), out, not args.quiet)
+    command = "prun-tts train-teacher " + " ".join(sys.argv[2:] if args.argv is None else args.argv[1:])
+    path = train_teacher(cfg, build_world(cfg), out, not args.quiet, command)
     print(f"teacher: {path}")
     return 0
 

@@ -89,6 +89,7 @@ class DistillConfig(Section):
     weights: LossWeights = LossWeights()
     adaptive: bool = False
     on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
+    rollout_temperature: float = Field(1.0, gt=0, description="sampling temperature of those continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
 

@@ -55,3 +55,18 @@ def test_prune_never_overwrites_an_existing_directory(saved_model, tmp_path, cap
 def test_prune_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "nope"), "--drop", "1", "--out", str(tmp_path / "o")]) == 2
     assert "cannot read its config" in capsys.readouterr().err
+
+
+def test_train_teacher_records_its_command_and_never_overwrites(tiny_cfg, tmp_path, capsys):
+    from conftest import TINY_WORLD
+
+    sets = sum((["--set", s] for s in TINY_WORLD), [])
+    out = tmp_path / "teacher"
+    assert main(["train-teacher", "--config", "configs/mini.yaml", *sets, "--quiet", "--out", str(out)]) == 0
+    meta = json.loads((out / "prun_tts_teacher.json").read_text())
+    assert meta["command"].startswith("prun-tts train-teacher --config configs/mini.yaml") and str(out) in meta["command"]
+    assert meta["steps"] == 3 and meta["train_tokens"] > 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train-teacher", "--config", "configs/mini.yaml", *sets, "--quiet", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before

@@ -41,6 +41,7 @@ class LossSpec:
     speech_ids: torch.Tensor
     targets: tuple[int, ...] = ()  # student layer i -> teacher layer targets[i]
     on_policy: float = 0.0  # share of steps trained on the student's own continuations
+    rollout_temperature: float = 1.0
     pad_id: int = 0
     end_id: int = 0
 
@@ -59,7 +60,8 @@ def loss_spec(cfg: DistillConfig, speech_ids: torch.Tensor, kept: Sequence[int] 
     if not weights:
         raise ValueError("distill.weights: every weight is 0; give at least one term a positive weight")
     targets = tuple(losses.latent_targets(kept, n_teacher)) if kept else ()
-    return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets, cfg.on_policy, pad_id, end_id)
+    return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets, cfg.on_policy,
+                    cfg.rollout_temperature, pad_id, end_id)
 
 
 def is_on_policy_step(step: int, share: float) -> bool:
@@ -133,7 +135,7 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
     on_policy = teacher is not None and is_on_policy_step(state.step, spec.on_policy)
     for batch in micro_batches:
         if on_policy:
-            batch = data.student_rollouts(model, batch, spec.pad_id, spec.end_id)
+            batch = data.student_rollouts(model, batch, spec.pad_id, spec.end_id, spec.rollout_temperature)
         batch = {k: v.to(device) for k, v in batch.items()}
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       output_hidden_states=spec.needs_hidden, output_attentions=spec.needs_attention, use_cache=False)

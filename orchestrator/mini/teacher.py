@@ -59,7 +59,8 @@ def find_teacher(cfg: Config) -> Path | None:
     return None
 
 
-def train_teacher(cfg: Config, world: World, out: str | Path, progress: bool = True) -> Path:
+def train_teacher(cfg: Config, world: World, out: str | Path, progress: bool = True,
+                  command: str = "ensure_teacher (trained on first use)") -> Path:
     t = cfg.world.teacher
     torch.manual_seed(t.seed)
     model = LlamaForCausalLM(teacher_model_config(cfg, world))
@@ -88,7 +89,7 @@ def train_teacher(cfg: Config, world: World, out: str | Path, progress: bool = T
         "steps": state.step,
         "train_seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
-        "command": "prun-tts train-teacher --config configs/mini.yaml",
+        "command": command,
     }
     (out / META).write_text(json.dumps(meta, indent=2))
     return out

@@ -43,16 +43,16 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
         raise ConfigError("distill.data_fraction needs the teacher's training token count, which this teacher "
                           "does not record")
     allowed = int(teacher_tokens * d.data_fraction)
-    per_epoch = allowed
-    unique, n = 0, 0
-    while n < len(world.train_pairs):
-        ids, _ = world.family.training_ids(*world.train_pairs[n])
-        if unique + len(ids) > per_epoch:
+    lengths: list[int] = []  # tokens of each pair, taken in order while they fit
+    total = 0
+    while len(lengths) < len(world.train_pairs):
+        ids, _ = world.family.training_ids(*world.train_pairs[len(lengths)])
+        if total + len(ids) > allowed:
             break
-        unique += len(ids)
-        n += 1
-    n -= n % d.batch_size  # whole batches only
-    unique = sum(len(world.family.training_ids(*world.train_pairs[i])[0]) for i in range(n))
+        lengths.append(len(ids))
+        total += len(ids)
+    n = len(lengths) - len(lengths) % d.batch_size  # whole batches only
+    unique = sum(lengths[:n])
     if n == 0:
         raise ConfigError(f"distill.data_fraction={d.data_fraction} allows {allowed} tokens, less than one batch of "
                           f"{d.batch_size} pairs; raise the fraction or lower distill.batch_size")

@@ -76,4 +76,3 @@ class World:
     train_pairs: Sequence[tuple[Sample, Sample]]
     dev_items: list[EvalItem]
     test_items: list[EvalItem]
-    teacher_path: str

@@ -8,20 +8,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 
-def tiny_llama(layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
+def _tiny(model_cls, config_cls, vocab: int, layers: int, seed: int):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    cfg = config_cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                     tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return model_cls(cfg).eval()
+
+
+def tiny_llama(layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
+    return _tiny(LlamaForCausalLM, LlamaConfig, 97, layers, seed)
 
 
 def tiny_qwen2(layers: int = 6, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return Qwen2ForCausalLM(cfg).eval()
+    return _tiny(Qwen2ForCausalLM, Qwen2Config, 101, layers, seed)
 
 
 @pytest.fixture(params=["llama", "qwen2"])

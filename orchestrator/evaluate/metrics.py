@@ -31,13 +31,6 @@ def utterance_wer(reference: str, hypothesis: str, lang: str = "en") -> float:
     return float(jiwer.wer(ref, hyp))
 
 
-def mean_wer(references: list[str], hypotheses: list[str], lang: str = "en") -> float:
-    """The mean of per-utterance WERs (not corpus WER), as Seed-TTS-eval reports it."""
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    return sum(utterance_wer(r, h, lang) for r, h in zip(references, hypotheses)) / len(references)
-
-
 class PeakMemory:
     """Peak memory during a block: CUDA allocator peak when on a GPU, else process RSS
     sampled every few milliseconds."""

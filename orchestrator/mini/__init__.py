@@ -54,5 +54,4 @@ def build_mini_world(cfg: Config, n_pairs: int | None = None) -> World:
         train_pairs=MiniPairs(world, n_pairs if n_pairs is not None else t.steps * t.batch_size),
         dev_items=eval_items(world, world.dev_sentences, "dev"),
         test_items=eval_items(world, world.test_sentences, "test"),
-        teacher_path=t.path,
     )

@@ -45,12 +45,12 @@ def iterative(scorer: str, model: nn.Module, ctx: ScoringContext, k: int) -> tup
 
 
 def choose_layers(strategy: str, scorer: str, model: nn.Module, ctx: ScoringContext,
-                  k: int, scores: LayerScores | None = None) -> tuple[list[int], LayerScores]:
-    """Layers to drop by `strategy`; reuses `scores` when the strategy needs one round only."""
+                  k: int) -> tuple[list[int], LayerScores]:
+    """Layers to drop by `strategy`, and the (first round of) scores behind the choice."""
     if strategy == "iterative":
         dropped, rounds = iterative(scorer, model, ctx, k)
         return dropped, rounds[0]
-    scores = scores or score_layers(scorer, model, ctx)
+    scores = score_layers(scorer, model, ctx)
     if strategy == "lowest":
         return lowest(scores, k), scores
     if strategy == "contiguous":

@@ -12,7 +12,6 @@ import contextlib
 import copy
 from typing import Iterable, Iterator, Sequence
 
-import torch
 from torch import nn
 
 

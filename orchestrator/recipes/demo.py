@@ -44,10 +44,13 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
 
     log("[3/5] pruned-only quality of each scorer's choice (dev set)")
     dev = world.dev_items[: cfg.score.n_items]
-    dev_wer = {}
+    dev_wer: dict[str, float] = {}
+    by_layers: dict[tuple[int, ...], float] = {}  # scorers that agree share one evaluation
     for name, (_, drop) in results.items():
-        with layers_removed(teacher, drop):
-            dev_wer[name] = evaluate_model(teacher, world, dev, cfg.evaluate).wer
+        if tuple(drop) not in by_layers:
+            with layers_removed(teacher, drop):
+                by_layers[tuple(drop)] = evaluate_model(teacher, world, dev, cfg.evaluate).wer
+        dev_wer[name] = by_layers[tuple(drop)]
         log(f"      {name:>16}: drop {drop} -> dev WER {100 * dev_wer[name]:.2f}%")
     best = min(dev_wer, key=lambda s: (dev_wer[s], scorers.index(s)))
     drop = results[best][1]

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import nn  # noqa: E402
 
-from orchestrator.prune.importance import LayerScores, ScoringContext, score_layers  # noqa: E402
+from orchestrator.prune.importance import LayerScores, ScoringContext  # noqa: E402
 from orchestrator.prune.select import choose_layers  # noqa: E402
 
 

@@ -5,6 +5,7 @@ allowed values in the message (`ConfigError`, exit code 2 from the CLI).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +92,8 @@ class DistillConfig(Section):
     on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
     rollout_temperature: float = Field(1.0, gt=0, description="sampling temperature of those continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    teacher_cache: bool = Field(True, description="in sweeps: compute the teacher's logits and hidden states on the "
+                                "training pairs once, shared by every trial (on-policy steps still run the teacher)")
     seed: int = 0
 
 
@@ -104,12 +107,69 @@ class EvalConfig(Section):
     seed: int = 0
 
 
+class TrainConfig(Section):
+    """Ray Train: the distributed distillation of each sweep trial."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="used when use_gpu")
+    driver_cpus: float = Field(0.5, gt=0, description="the trial driver process that starts the Train run")
+    report_every: int = Field(20, ge=1, description="optimizer steps between reports (metrics, checkpoint)")
+
+
+class SweepConfig(Section):
+    """Ray Tune: which students to try. `space` picks what a trial varies:
+    `selected` (ratio x scorer x strategy), `layer_sets` (explicit sets to drop, "2-3-4-7"),
+    or `blocks` (a contiguous block: start and size, the size from `ratio`)."""
+
+    name: str = Field("mini-sweep", pattern=r"^[A-Za-z0-9._-]+$")
+    storage_path: str = "runs/sweeps"
+    space: Literal["selected", "layer_sets", "blocks"] = "selected"
+    search: Literal["grid", "optuna"] = "grid"
+    ratio: list[float] = Field([0.25, 0.5], min_length=1,
+                               description="grid: these values; optuna: any depth between min and max")
+    scorer: list[Literal[SCORERS]] = ["wli"]  # type: ignore[valid-type]
+    strategy: list[Literal["lowest", "contiguous", "iterative"]] = ["lowest"]
+    layer_sets: list[str] = []
+    num_samples: int = Field(1, ge=1, description="optuna: trials to run; grid: repeats of the grid")
+    objectives: list[Literal["wer", "n_layers", "sim", "rtf"]] = ["wer", "n_layers"]
+    scheduler: Literal["none", "asha"] = "none"
+    asha_metric: str = "loss"
+    asha_grace: int = Field(2, ge=1, description="reports before ASHA may stop a trial")
+    max_concurrent_trials: int = Field(0, ge=0, description="0: as many as the cluster's resources hold")
+    local_cpus: int = Field(8, ge=1, description="logical CPUs of the private Ray started when no address is given")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepConfig":
+        if any(not 0 < r < 1 for r in self.ratio):
+            raise ValueError(f"sweep.ratio: {self.ratio}; every ratio must be between 0 and 1 (exclusive)")
+        if self.space == "layer_sets" and not self.layer_sets:
+            raise ValueError("sweep.layer_sets is empty; list sets to drop, e.g. ['2-3-4-7', '4-5-6-7']")
+        for s in self.layer_sets:
+            if not re.fullmatch(r"\d+(-\d+)*", s):
+                raise ValueError(f"sweep.layer_sets: {s!r}; write a set as layer indices joined by '-', e.g. '2-3-4-7'")
+        if self.search == "optuna" and self.scheduler == "asha":
+            raise ValueError("sweep.scheduler=asha stops trials on one metric, which Optuna's multi-objective "
+                             "search cannot use; use search=grid with asha, or scheduler=none")
+        return self
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else a local sqlite file")
+    experiment: str = "prun-tts"
+
+
 class Config(Section):
     world: WorldConfig = WorldConfig()
     score: ScoreConfig = ScoreConfig()
     prune: PruneConfig = PruneConfig()
     distill: DistillConfig = DistillConfig()
     evaluate: EvalConfig = EvalConfig()
+    train: TrainConfig = TrainConfig()
+    sweep: SweepConfig = SweepConfig()
+    tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs/mini"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

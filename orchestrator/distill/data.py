@@ -77,13 +77,14 @@ def batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled batches over `epochs`; with world_size > 1 each rank takes its own share."""
+    """Shuffled batches over `epochs`; with world_size > 1 each rank takes its own share.
+    `index` holds each row's position in `pairs` (the key of the teacher-output cache)."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(len(pairs), generator=g).tolist()[rank::world_size]
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate(family, [pairs[i] for i in order[start : start + batch_size]])
+            chosen = order[start : start + batch_size]
+            batch = collate(family, [pairs[i] for i in chosen])
+            batch["index"] = torch.tensor(chosen)
+            yield batch
 
-
-def count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["attention_mask"].sum())

@@ -124,8 +124,9 @@ def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spe
 
 
 def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor]], spec: LossSpec,
-               teacher: nn.Module | None = None, clip: float = 1.0, precision: str = "auto") -> dict[str, float]:
-    """One optimizer step over `micro_batches` (gradient accumulation); returns the mean terms."""
+               teacher=None, clip: float = 1.0, precision: str = "auto") -> dict[str, float]:
+    """One optimizer step over `micro_batches` (gradient accumulation); returns the mean terms.
+    `teacher`: the frozen model, or a `TeacherCache` in front of it."""
     model = state.model
     device = next(model.parameters()).device
     dtype = autocast_dtype(precision, device)
@@ -143,7 +144,7 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
             teacher_out = None
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_out = teacher(**inputs)
+                    teacher_out = teacher.outputs(batch, inputs) if hasattr(teacher, "outputs") else teacher(**inputs)
             student_out = model(**inputs)
             terms = compute_losses(student_out, teacher_out, batch, spec, ground_truth=not on_policy)
             loss = sum(spec.weights[k] * (state.adaptive(k, v) if state.adaptive else v) for k, v in terms.items())

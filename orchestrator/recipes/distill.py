@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from orchestrator.config import Config, ConfigError
 from orchestrator.distill.data import batches
-from orchestrator.distill.loop import load_checkpoint, loss_spec, make_state, save_checkpoint, train_step
+from orchestrator.distill.loop import (LossSpec, TrainState, load_checkpoint, loss_spec, make_state, save_checkpoint,
+                                       train_step)
 from orchestrator.prune.surgery import decoder_layers, drop_layers, resolve_keep
 from orchestrator.world import World
 
@@ -59,19 +60,29 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
     return DataBudget(allowed, n, unique, d.epochs)
 
 
-def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int | None, drop: Sequence[int],
-            out_dir: str | Path, progress: bool = True) -> tuple[nn.Module, list[dict], DataBudget]:
-    """Student with `drop` removed, distilled from `teacher`; saved under out_dir/student.
+@dataclasses.dataclass
+class DistillRun:
+    """A student ready to train: its training state, the loss terms, its data and the steps to take."""
 
-    Resumes from out_dir/checkpoint.pt when a previous run of the same student stopped early.
-    """
+    state: TrainState
+    spec: LossSpec
+    budget: DataBudget
+    pairs: list
+    steps: int
+
+
+def prepare_distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int | None, drop: Sequence[int],
+                    world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None) -> DistillRun:
+    """The student (teacher minus `drop`), optimizer and data, for one process or for each of
+    `world_size` data-parallel workers (`wrap`: e.g. Ray Train's `prepare_model`, for DDP).
+    The global batch is `distill.batch_size` whatever the number of workers."""
     d = cfg.distill
+    if d.batch_size % world_size:
+        raise ConfigError(f"distill.batch_size={d.batch_size} does not split over {world_size} workers; "
+                          f"make it a multiple of train.num_workers")
     n_teacher = len(decoder_layers(teacher))
     kept = resolve_keep(n_teacher, drop=drop)
     budget = plan_budget(cfg, world, teacher_tokens)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     f = world.family
     spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id)
     if spec.needs_attention:  # attention maps are only returned by the eager implementation
@@ -79,39 +90,65 @@ def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int |
     student = drop_layers(teacher, drop=drop)
     for p in student.parameters():
         p.requires_grad_(True)
-    data = [world.train_pairs[i] for i in range(budget.pairs)]
+    if wrap is not None:
+        student = wrap(student)
     steps = budget.pairs * d.epochs // (d.batch_size * d.grad_accum)
     state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive)
+    return DistillRun(state, spec, budget, [world.train_pairs[i] for i in range(budget.pairs)], steps)
+
+
+def training_steps(run: DistillRun, cfg: Config, world: World, teacher, rank: int = 0,
+                   world_size: int = 1) -> Iterator[dict]:
+    """Take the steps left (a resumed state starts where it stopped), yielding each step's metrics.
+    `teacher`: the frozen model or a `TeacherCache` in front of it."""
+    d = cfg.distill
+    torch.manual_seed(d.seed + rank)
+    stream = batches(world.family, run.pairs, d.batch_size // world_size, epochs=d.epochs, seed=d.seed,
+                     rank=rank, world_size=world_size)
+    for _ in range(run.state.step * d.grad_accum):  # skip what a resumed run already trained on
+        next(stream)
+    while run.state.step < run.steps:
+        micro = [next(stream) for _ in range(d.grad_accum)]
+        metrics = train_step(run.state, micro, run.spec, teacher, d.clip, d.precision)
+        yield {"step": run.state.step, "tokens": run.state.tokens, **metrics}
+
+
+def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int | None, drop: Sequence[int],
+            out_dir: str | Path, progress: bool = True) -> tuple[nn.Module, list[dict], DataBudget]:
+    """Student with `drop` removed, distilled from `teacher` in this process; saved under out_dir/student.
+
+    Resumes from out_dir/checkpoint.pt when a previous run of the same student stopped early.
+    """
+    run = prepare_distill(cfg, world, teacher, teacher_tokens, drop)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
-        load_checkpoint(state, ckpt)
-
-    torch.manual_seed(d.seed)
-    stream = batches(world.family, data, d.batch_size, epochs=d.epochs, seed=d.seed)
-    for _ in range(state.step * d.grad_accum):  # skip what a resumed run already trained on
-        next(stream)
+        load_checkpoint(run.state, ckpt)
     history: list[dict] = []
-    bar = tqdm(total=steps, initial=state.step, desc="distill", disable=not progress)
-    while state.step < steps:
-        micro = [next(stream) for _ in range(d.grad_accum)]
-        metrics = train_step(state, micro, spec, teacher, d.clip, d.precision)
-        history.append({"step": state.step, "tokens": state.tokens, **metrics})
+    bar = tqdm(total=run.steps, initial=run.state.step, desc="distill", disable=not progress)
+    for metrics in training_steps(run, cfg, world, teacher):
+        history.append(metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if state.step % 50 == 0 or state.step == steps:
-            save_checkpoint(state, ckpt)
+        if run.state.step % 50 == 0 or run.state.step == run.steps:
+            save_checkpoint(run.state, ckpt)
     bar.close()
 
+    student = run.state.model
     student.eval()
     student.save_pretrained(out / "student")
-    _write_history(out / "history.csv", history)
-    (out / "budget.json").write_text(json.dumps({**dataclasses.asdict(budget), "tokens": budget.tokens,
-                                                 "teacher_tokens": teacher_tokens}, indent=2))
+    write_history(out / "history.csv", history)
+    (out / "budget.json").write_text(json.dumps(budget_record(run.budget, teacher_tokens), indent=2))
     ckpt.unlink(missing_ok=True)
-    return student, history, budget
+    return student, history, run.budget
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
+def budget_record(budget: DataBudget, teacher_tokens: int | None) -> dict:
+    return {**dataclasses.asdict(budget), "tokens": budget.tokens, "teacher_tokens": teacher_tokens}
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("step", "tokens"), k))

@@ -1,0 +1,112 @@
+"""The teacher's outputs on the distillation data, computed once and shared by every
+trial of a sweep.
+
+All trials of a sweep distil from the same frozen teacher on the same training pairs
+(the data budget does not vary within a sweep), so the teacher's forward pass on
+those pairs is identical in every trial and every epoch. The cache stores it once on
+disk, memory-mapped by every worker: the logits (fp16) and, when a latent or
+embedding term is weighted, the hidden states (embeddings and every layer's output,
+fp16). Steps on the student's own continuations (on-policy) and attention maps still
+run the live teacher: their inputs are not known in advance.
+
+Size: tokens x (vocabulary + (layers + 1) x hidden) x 2 bytes; this suits small
+vocabularies (the mini world). For LLaSA's 193,800-token vocabulary keep it off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import types
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from orchestrator.distill.data import collate
+from orchestrator.world import Family, Sample
+
+META = "teacher_cache.json"
+
+
+def build_teacher_cache(teacher: nn.Module, family: Family, pairs: Sequence[tuple[Sample, Sample]],
+                        directory: str | Path, key: dict, with_hidden: bool, batch_size: int = 32,
+                        progress: bool = False) -> Path:
+    """Write the cache for `pairs` under `directory` (kept as is if it holds one for the same `key`)."""
+    directory = Path(directory)
+    meta = directory / META
+    if meta.is_file() and json.loads(meta.read_text())["key"] == key:
+        return directory
+    lengths = [len(family.training_ids(*p)[0]) for p in pairs]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    device = next(teacher.parameters()).device
+    vocab = teacher.get_output_embeddings().out_features
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "offsets.npy", offsets)
+    logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float16, (int(offsets[-1]), vocab))
+    hidden = None
+    teacher.eval()
+    for start in tqdm(range(0, len(pairs), batch_size), desc="teacher cache", disable=not progress, leave=False):
+        batch = collate(family, pairs[start:start + batch_size])
+        with torch.no_grad():
+            out = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                          output_hidden_states=with_hidden, use_cache=False)
+        if with_hidden and hidden is None:
+            shape = (int(offsets[-1]), len(out.hidden_states), out.hidden_states[0].shape[-1])
+            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", "w+", np.float16, shape)
+        for row in range(len(batch["input_ids"])):
+            i = start + row
+            a, b = offsets[i], offsets[i + 1]
+            logits[a:b] = out.logits[row, : b - a].float().cpu().numpy()
+            if with_hidden:
+                hidden[a:b] = torch.stack([h[row, : b - a] for h in out.hidden_states], 1).float().cpu().numpy()
+    logits.flush()
+    if hidden is not None:
+        hidden.flush()
+    (tmp / META).write_text(json.dumps({"key": key, "pairs": len(pairs), "tokens": int(offsets[-1]),
+                                        "with_hidden": with_hidden}, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+class TeacherCache:
+    """Stands in for the teacher in `train_step`: batches of cached pairs are served
+    from disk, anything else (the student's own continuations, attention maps) from
+    the live `model`."""
+
+    def __init__(self, directory: str | Path, model: nn.Module):
+        d = Path(directory)
+        self.model = model
+        self.offsets = np.load(d / "offsets.npy")
+        self.logits = np.load(d / "logits.npy", mmap_mode="r")
+        self.hidden = np.load(d / "hidden.npy", mmap_mode="r") if (d / "hidden.npy").is_file() else None
+        self.served = 0  # batches answered from the cache
+        self.live = 0  # batches that ran the teacher
+
+    def outputs(self, batch: dict[str, torch.Tensor], inputs: dict):
+        can_serve = ("index" in batch and not inputs.get("output_attentions")
+                     and (self.hidden is not None or not inputs.get("output_hidden_states")))
+        if not can_serve:
+            self.live += 1
+            return self.model(**inputs)
+        self.served += 1
+        ids = batch["input_ids"]
+        rows = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in batch["index"].tolist()]
+        logits = torch.zeros(*ids.shape, self.logits.shape[1], device=ids.device)
+        hidden = None
+        if inputs.get("output_hidden_states"):
+            hidden = torch.zeros(self.hidden.shape[1], *ids.shape, self.hidden.shape[2], device=ids.device)
+        for r, span in enumerate(rows):
+            n = span.stop - span.start
+            logits[r, :n] = torch.from_numpy(np.asarray(self.logits[span], dtype=np.float32))
+            if hidden is not None:
+                hidden[:, r, :n] = torch.from_numpy(np.asarray(self.hidden[span], dtype=np.float32)).transpose(0, 1)
+        return types.SimpleNamespace(logits=logits, hidden_states=None if hidden is None else tuple(hidden),
+                                     attentions=None)

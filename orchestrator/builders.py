@@ -27,11 +27,18 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
-    """The frozen teacher and what is known of its training (tokens seen, for the data budget)."""
+def teacher_source(cfg: Config, world: World, progress: bool = True) -> tuple[Path, dict]:
+    """Where the teacher is (trained first if need be) and what is known of its training
+    (tokens seen, for the data budget)."""
     from orchestrator.mini.teacher import ensure_teacher  # the only world so far
 
     path, meta = ensure_teacher(cfg, world, progress)
+    return Path(path).resolve(), meta
+
+
+def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
+    """The frozen teacher and what is known of its training."""
+    path, meta = teacher_source(cfg, world, progress)
     return load_model(world, path, device), meta
 
 

@@ -1,4 +1,4 @@
-"""`prun-tts`: prune | score | distill | evaluate | demo | train-teacher.
+"""`prun-tts`: prune | score | distill | evaluate | demo | sweep | train-teacher.
 
 Bad input (config, layer sets, paths) exits with code 2 and a message saying
 what to change, before any work starts and before anything is written.
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None, help="model directory (default: the teacher)")
     sp.add_argument("--split", choices=["test", "dev"], default="test")
     with_config(sub.add_parser("demo", help="the whole method on the configured world, in one process"))
+    sp = with_config(sub.add_parser("sweep", help="Ray Tune sweep of layer sets, Ray Train distillation per trial, "
+                                                  "MLflow tracking"))
+    sp.add_argument("--address", default=None,
+                    help="Ray cluster HOST:PORT (default: $RAY_ADDRESS inside a job, else a private local Ray)")
     sp = with_config(sub.add_parser("train-teacher", help="train the mini world's teacher"))
     sp.add_argument("--out", required=True, help="directory for the teacher")
     return p
@@ -179,6 +183,13 @@ def cmd_demo(cfg: Config, args) -> int:
     return 0
 
 
+def cmd_sweep(cfg: Config, args) -> int:
+    from orchestrator.sweep.runner import run_sweep
+
+    run_sweep(cfg, args.address, progress=not args.quiet)
+    return 0
+
+
 def cmd_train_teacher(cfg: Config, args) -> int:
     from orchestrator.builders import build_world
     from orchestrator.mini.teacher import train_teacher
@@ -192,7 +203,7 @@ def cmd_train_teacher(cfg: Config, args) -> int:
     return 0
 
 
-COMMANDS = {"score": cmd_score, "distill": cmd_distill, "evaluate": cmd_evaluate, "demo": cmd_demo,
+COMMANDS = {"score": cmd_score, "distill": cmd_distill, "evaluate": cmd_evaluate, "demo": cmd_demo, "sweep": cmd_sweep,
             "train-teacher": cmd_train_teacher}
 
 if __name__ == "__main__":

@@ -63,14 +63,21 @@ def _n_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
+def wer_without(model: nn.Module, ctx: ScoringContext, layers: Sequence[int] = ()) -> float:
+    """WER on the held-out items with `layers` removed (none: the full model)."""
+    with layers_removed(model, layers):
+        return evaluate_model(model, ctx.world, ctx.world.dev_items[: ctx.n_items], ctx.eval_cfg).wer
+
+
+def wli_from_wers(full_wer: float, wer_without_layer: Sequence[float], n_items: int) -> LayerScores:
+    return LayerScores("wli", [w - full_wer for w in wer_without_layer],
+                       {"full_wer": full_wer, "wer_without": list(wer_without_layer), "n_items": n_items})
+
+
 def wli_scores(model: nn.Module, ctx: ScoringContext) -> LayerScores:
-    items = ctx.world.dev_items[: ctx.n_items]
-    base = evaluate_model(model, ctx.world, items, ctx.eval_cfg).wer
-    wers = []
-    for layer in tqdm(range(_n_layers(model)), desc="wli", disable=not ctx.progress, leave=False):
-        with layers_removed(model, [layer]):
-            wers.append(evaluate_model(model, ctx.world, items, ctx.eval_cfg).wer)
-    return LayerScores("wli", [w - base for w in wers], {"full_wer": base, "wer_without": wers, "n_items": len(items)})
+    base = wer_without(model, ctx)
+    layers = tqdm(range(_n_layers(model)), desc="wli", disable=not ctx.progress, leave=False)
+    return wli_from_wers(base, [wer_without(model, ctx, [l]) for l in layers], min(ctx.n_items, len(ctx.world.dev_items)))
 
 
 @torch.no_grad()

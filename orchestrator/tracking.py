@@ -1,0 +1,137 @@
+"""MLflow: one parent run per sweep, one baseline run for the unpruned teacher and one
+child run per trial under it, so the teacher and every student sit on one chart.
+
+Child-run contract (keep the names stable): params `dropped_layers`, `kept_layers`,
+`scorer`, `ratio`; metrics `wer` (%), `sim`, `n_layers`, `params_m`, `rtf`, `speedup`,
+`wer_delta` (points), `sim_delta`, and the training curves by step. Every function
+takes explicit run ids (no "active run"), so the sweep driver, trial drivers and
+Train workers on other nodes can all log to the same runs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from orchestrator.config import ConfigError
+
+PARENT = "mlflow.parentRunId"
+ROLE = "prun_tts.role"  # sweep | baseline | trial
+
+
+def tracking_uri(configured: str | None, default_dir: str | Path = "runs") -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI (MLflow's own convention), else a local sqlite file."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(Path(default_dir) / 'mlflow.db').resolve()}"
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Refuse an unreachable server or an unwritable sqlite location before any work starts."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status == 200:
+                    return
+                reason = f"HTTP {r.status}"
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        raise ConfigError(f"tracking.uri {uri}: the MLflow server does not answer ({reason}); start it "
+                          "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000) or point "
+                          "tracking.uri / MLFLOW_TRACKING_URI at a running one")
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"tracking.uri {uri}: cannot create {db.parent} ({e}); choose a writable path") from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise ConfigError(f"tracking.uri {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
+                          "or an http:// server")
+
+
+def experiment_id(uri: str, name: str) -> str:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever directory a worker runs in
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def find_run(uri: str, exp_id: str, tags: dict[str, str]) -> str | None:
+    """The id of a run carrying all `tags` (how a resumed sweep finds its runs again)."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = MlflowClient(uri).search_runs([exp_id], filter_string=where, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def start_run(uri: str, exp_id: str, name: str, role: str, parent: str | None = None, params: dict | None = None,
+              tags: dict | None = None) -> str:
+    client = MlflowClient(uri)
+    all_tags = {ROLE: role, **(tags or {})}
+    if parent:
+        all_tags[PARENT] = parent
+    run = client.create_run(exp_id, tags=all_tags, run_name=name)
+    if params:
+        client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict, step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    for i in range(0, len(rows), 900):  # MLflow's batch limit is 1000 metrics
+        MlflowClient(uri).log_batch(run_id, metrics=rows[i:i + 900])
+
+
+def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client = MlflowClient(uri)
+    p = Path(path)
+    if p.is_dir():
+        client.log_artifacts(run_id, str(p), artifact_path)
+    elif p.is_file():
+        client.log_artifact(run_id, str(p), artifact_path)
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(uri).set_terminated(run_id, status)
+
+
+def code_version() -> str:
+    """The git commit the sweep ran from ("+dirty" with uncommitted changes), or "unknown"."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if commit.returncode:
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _param(v) -> str:
+    return str(v)[:6000]  # MLflow's param value limit

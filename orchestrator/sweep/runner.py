@@ -264,6 +264,7 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
     done = [r for r in rows if r["status"] == "ok"]
     tracking.log_metrics(uri, parent, {"trials": len(rows), "trials_ok": len(done),
                                        **({"best_wer": min(r["wer"] for r in done)} if done else {})})
+    tracking.finish_run(uri, parent)
     table = format_trials(rows, baseline)
     log(table)
     where = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"

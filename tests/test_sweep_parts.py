@@ -1,0 +1,147 @@
+"""The sweep's plain parts: search space, trial layer sets, resources, Pareto front,
+teacher-output cache, and the refusals that happen before Ray starts."""
+import socket
+
+import pytest
+import torch
+
+from orchestrator.config import ConfigError, load_config
+from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
+
+
+def cfg_with(*sets):
+    return load_config("configs/mini.yaml", list(sets))
+
+
+def test_grid_space_of_ratios_scorers_and_strategies():
+    from orchestrator.sweep.space import param_space, plan_keys
+
+    c = cfg_with("sweep.ratio=[0.25, 0.5, 0.5]", "sweep.scorer=[wli, angular]", "sweep.strategy=[lowest, contiguous]")
+    space = param_space(c.sweep, 8)
+    assert space["n_drop"] == {"grid_search": [2, 4]}  # duplicate ratios give one count
+    assert space["scorer"] == {"grid_search": ["wli", "angular"]}
+    assert len(plan_keys(c.sweep, 8)) == 2 * 2 * 2
+
+
+def test_optuna_space_covers_every_depth_in_the_ratio_range():
+    from orchestrator.sweep.space import drop_counts, param_space
+
+    c = cfg_with("sweep.search=optuna", "sweep.ratio=[0.25, 0.75]")
+    assert drop_counts(c.sweep, 8) == [2, 3, 4, 5, 6]
+    space = param_space(c.sweep, 8)
+    assert set(space["n_drop"].categories) == {2, 3, 4, 5, 6}
+
+
+def test_blocks_grid_lists_every_contiguous_block():
+    from orchestrator.sweep.space import param_space
+
+    c = cfg_with("sweep.space=blocks", "sweep.ratio=[0.5]")
+    sets = param_space(c.sweep, 6)["layer_set"]["grid_search"]
+    assert sets == ["0-1-2", "1-2-3", "2-3-4", "3-4-5"]
+
+
+def test_trial_choice_decodes_each_kind_of_trial():
+    from orchestrator.sweep.space import trial_choice
+
+    plans = {"wli/lowest/2": [3, 5]}
+    assert trial_choice({"n_drop": 2, "scorer": "wli", "strategy": "lowest"}, plans, 8) == ([3, 5], "wli", "lowest")
+    assert trial_choice({"layer_set": "7-2-4"}, plans, 8) == ([2, 4, 7], "manual", "manual")
+    # a block that would run past the last layer is moved back inside the model
+    assert trial_choice({"n_drop": 3, "block_start": 7}, plans, 8) == ([5, 6, 7], "manual", "block")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["sweep.space=layer_sets", "sweep.layer_sets=['2-9']"], "must be in 0..7"),
+    (["sweep.space=layer_sets", "sweep.layer_sets=['0-1-2-3-4-5-6-7']"], "would remove all 8"),
+    (["sweep.space=layer_sets", "sweep.layer_sets=['2,3']"], "joined by '-'"),
+    (["sweep.space=layer_sets"], "layer_sets is empty"),
+    (["sweep.ratio=[0.01]"], "between 1 and 7"),
+    (["sweep.scorer=[wlii]"], "allowed values"),
+    (["sweep.search=optuna", "sweep.scheduler=asha"], "multi-objective"),
+])
+def test_bad_sweeps_are_refused_with_what_to_change(sets, message):
+    from orchestrator.sweep.space import param_space
+
+    with pytest.raises(ConfigError, match=message):
+        param_space(cfg_with(*sets).sweep, 8)
+
+
+def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():
+    from orchestrator.sweep.runner import concurrent_trials
+
+    c = cfg_with("train.num_workers=2", "train.cpus_per_worker=1", "train.driver_cpus=0.5")
+    assert concurrent_trials(c, {"CPU": 8}) == 3  # 8 // 2.5
+    assert concurrent_trials(cfg_with("train.num_workers=2", "sweep.max_concurrent_trials=1"), {"CPU": 8}) == 1
+    with pytest.raises(ConfigError, match="train.num_workers=4: one trial needs 4.5 CPU"):
+        concurrent_trials(cfg_with("train.num_workers=4"), {"CPU": 4})
+    with pytest.raises(ConfigError, match="GPU"):
+        concurrent_trials(cfg_with("train.use_gpu=true"), {"CPU": 16})
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_unreachable_ray_address_and_tracking_server_are_refused():
+    from orchestrator.sweep.runner import check_address
+    from orchestrator.tracking import check_tracking
+
+    port = _closed_port()
+    with pytest.raises(ConfigError, match="no Ray cluster answers"):
+        check_address(f"127.0.0.1:{port}", timeout=1)
+    with pytest.raises(ConfigError, match="MLflow server does not answer"):
+        check_tracking(f"http://127.0.0.1:{port}", timeout=1)
+    with pytest.raises(ConfigError, match="file stores"):
+        check_tracking("file:./mlruns")
+
+
+def test_tracking_uri_prefers_config_then_environment_then_local_sqlite(monkeypatch, tmp_path):
+    from orchestrator.tracking import tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri("http://given:5000", tmp_path) == "http://given:5000"
+    assert tracking_uri(None, tmp_path) == "http://mlflow:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_pareto_front_keeps_only_undominated_students(tmp_path):
+    rows = [{"n_layers": 4, "wer": 3.0, "label": "a"}, {"n_layers": 4, "wer": 2.0, "label": "b"},
+            {"n_layers": 6, "wer": 2.5, "label": "c"}, {"n_layers": 6, "wer": 1.5, "label": "d"},
+            {"n_layers": 2, "wer": 40.0, "label": "e"}]
+    assert [r["label"] for r in pareto_front(rows)] == ["e", "b", "d"]
+    png = plot_tradeoff(rows, {"n_layers": 8, "wer": 1.4}, tmp_path / "p.png")
+    assert png.stat().st_size > 5000
+
+
+def test_teacher_cache_serves_the_teachers_own_outputs(tiny_cfg, tiny_world, random_teacher, tmp_path):
+    from orchestrator.distill.data import batches
+    from orchestrator.distill.teacher_cache import TeacherCache, build_teacher_cache
+
+    pairs = [tiny_world.train_pairs[i] for i in range(12)]
+    d = build_teacher_cache(random_teacher, tiny_world.family, pairs, tmp_path / "cache", {"k": 1}, with_hidden=True,
+                            batch_size=5)
+    cache = TeacherCache(d, random_teacher)
+    batch = next(batches(tiny_world.family, pairs, 4, seed=3))
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                  use_cache=False)
+    live = random_teacher(**inputs)
+    cached = cache.outputs(batch, inputs)
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(cached.logits[mask], live.logits[mask], atol=2e-2, rtol=1e-2)
+    for a, b in zip(cached.hidden_states, live.hidden_states, strict=True):
+        assert torch.allclose(a[mask], b[mask], atol=2e-2, rtol=1e-2)
+    assert (cache.served, cache.live) == (1, 0)
+    # the student's own continuations (no pair index) go to the live teacher
+    cache.outputs({k: v for k, v in batch.items() if k != "index"}, inputs)
+    assert (cache.served, cache.live) == (1, 1)
+    # the same key reuses the cache; a new key rebuilds it
+    stamp = (d / "logits.npy").stat().st_mtime_ns
+    build_teacher_cache(random_teacher, tiny_world.family, pairs, d, {"k": 1}, with_hidden=True)
+    assert (d / "logits.npy").stat().st_mtime_ns == stamp
+    build_teacher_cache(random_teacher, tiny_world.family, pairs[:8], d, {"k": 2}, with_hidden=False)
+    assert not (d / "hidden.npy").exists() and TeacherCache(d, random_teacher).offsets[-1] < cache.offsets[-1]

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test teacher bench clean
+.PHONY: install demo demo-one-process test teacher bench bench-sweep ui screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: a Ray Tune sweep (Ray Train per trial, MLflow tracking) on a private local Ray.
 demo: $(STAMP)
+	$(BIN)/prun-tts sweep --config configs/mini.yaml
+
+# The whole method in one process, no Ray or MLflow.
+demo-one-process: $(STAMP)
 	$(BIN)/prun-tts demo --config configs/mini.yaml
+
+# MLflow UI on the demo's runs: http://127.0.0.1:5000
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mini/mlflow.db --port 5000
+
+# docs/mlflow-wer-vs-depth.png from the demo's runs (installs Debian chromium + playwright).
+screenshot: $(STAMP)
+	./scripts/install-browser.sh
+	$(BIN)/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -35,6 +49,10 @@ teacher: $(STAMP)
 # Scorers compared at 50% depth, each distilled on the same budget (about 15 min on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scorers.py --config configs/mini.yaml
+
+# The same mini sweep with and without the teacher-output cache, and on 1 vs 2 Train workers.
+bench-sweep: $(STAMP)
+	$(BIN)/python benchmarks/sweep_cache_scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 
 from orchestrator.config import Config, ConfigError
@@ -46,6 +47,7 @@ def load_model(world: World, path: str | Path, device: torch.device) -> nn.Modul
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError(f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained")
+    transformers.logging.disable_progress_bar()  # one bar per load is noise in a sweep's many processes
     model = world.family.load_model(str(p)).to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)

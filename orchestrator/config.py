@@ -143,6 +143,9 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "SweepConfig":
+        if "://" in self.storage_path:
+            raise ValueError(f"sweep.storage_path {self.storage_path!r}: give a directory every node sees (a shared "
+                             "NFS/EFS mount on a cluster); object-store URIs are not supported yet")
         if any(not 0 < r < 1 for r in self.ratio):
             raise ValueError(f"sweep.ratio: {self.ratio}; every ratio must be between 0 and 1 (exclusive)")
         if self.space == "layer_sets" and not self.layer_sets:

@@ -145,3 +145,12 @@ def test_teacher_cache_serves_the_teachers_own_outputs(tiny_cfg, tiny_world, ran
     assert (d / "logits.npy").stat().st_mtime_ns == stamp
     build_teacher_cache(random_teacher, tiny_world.family, pairs[:8], d, {"k": 2}, with_hidden=False)
     assert not (d / "hidden.npy").exists() and TeacherCache(d, random_teacher).offsets[-1] < cache.offsets[-1]
+
+
+def test_optuna_search_stays_multi_objective():
+    from orchestrator.sweep.runner import _tune_config
+
+    tc = _tune_config(cfg_with("sweep.search=optuna", "sweep.num_samples=6", "sweep.objectives=[wer, n_layers, sim]"), 2)
+    assert tc.metric is None and tc.mode is None  # set on TuneConfig they would make Optuna single-objective
+    assert tc.search_alg._metric == ["wer", "n_layers", "sim"] and tc.search_alg._mode == ["min", "min", "max"]
+    assert tc.num_samples == 6 and tc.max_concurrent_trials == 2

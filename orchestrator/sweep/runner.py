@@ -304,6 +304,7 @@ def trial_rows(results, plans: dict, n_layers: int) -> list[dict]:
                "strategy": strategy, "status": "ok" if ok else "error", "label": layer_set(drop)}
         for k in ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "loss"):
             row[k] = m.get(k, float("nan"))
+        row["time_s"] = m.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
         if not ok:
             row["n_layers"] = n_layers - len(drop)
         rows.append(row)

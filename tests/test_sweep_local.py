@@ -1,0 +1,63 @@
+"""`prun-tts sweep` on a private local Ray (no --address): 2 trials x 2 Train workers on a
+reduced mini world, MLflow in a local sqlite file; then the same command resumes the
+finished sweep without re-running a trial; and a trial bigger than the cluster is refused."""
+import csv
+import json
+
+from mlflow import MlflowClient
+
+from conftest import TINY_WORLD
+from orchestrator.cli import main
+
+
+def sweep_args(tmp_path, *extra):
+    sets = TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}", f"output_dir={tmp_path / 'runs'}",
+                         f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.local_cpus=6", "train.report_every=2",
+                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1", *extra]
+    args = ["sweep", "--config", "configs/mini.yaml", "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(sweep_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    db = tmp_path / "runs" / "mlflow.db"
+    assert f"sqlite:///{db}" in out  # where the results are
+    results = tmp_path / "sweeps" / "mini-sweep" / "results"
+    with (results / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(float(r["n_layers"])) for r in rows) == [2, 3] and all(r["status"] == "ok" for r in rows)
+    assert (results / "pareto.png").stat().st_size > 5000
+    front = json.loads((results / "pareto.json").read_text())
+    assert front and all(r["status"] == "ok" for r in front)
+    plans = json.loads((tmp_path / "sweeps" / "mini-sweep" / "plans.json").read_text())
+    assert set(plans) == {"wli/lowest/1", "wli/lowest/2"} and len(plans["wli/lowest/2"]) == 2
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("prun-tts").experiment_id
+    runs = client.search_runs([exp])
+    roles = sorted(r.data.tags["prun_tts.role"] for r in runs)
+    assert roles == ["baseline", "sweep", "trial", "trial"]
+    trial = next(r for r in runs if r.data.tags["prun_tts.role"] == "trial")
+    assert trial.data.metrics["teacher_cache_hits"] > 0  # off-policy steps were served from the cache
+    history = client.get_metric_history(trial.info.run_id, "train/loss")
+    assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 2
+
+    # the same command again: the finished sweep is kept, nothing is trained or logged twice
+    assert main(sweep_args(tmp_path)) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert len(client.search_runs([exp])) == 4
+    # the same sweep name with other settings is refused, not mixed in
+    assert main(sweep_args(tmp_path, "distill.lr=0.01")) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_trial_bigger_than_the_cluster_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(sweep_args(tmp_path, "sweep.local_cpus=2", "train.num_workers=4")) == 2
+    assert "train.num_workers=4: one trial needs 4.5 CPU" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()

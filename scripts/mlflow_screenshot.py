@@ -4,6 +4,8 @@ WER-versus-depth scatter chart, in headless Chromium.
     scripts/install-browser.sh        # once: Debian chromium + playwright
     .venv/bin/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
 
+Writes the chart full size (--out) and the chart view with the run list (...-runs.png).
+
 Starts its own `mlflow server` on a free port against the sqlite file, and stops it after.
 """
 from __future__ import annotations
@@ -55,9 +57,11 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1500, "height": 950})
-            page.goto(f"{base}/#/experiments/{exp}/runs?compareRunsMode=CHART", wait_until="networkidle")
-            page.wait_for_timeout(3000)
+            page.goto(f"{base}/#/experiments/{exp}/runs?compareRunsMode=CHART", wait_until="load")
+            page.wait_for_timeout(8000)
             shot(page, args.out, "1-chart-view")
+            close_assistant(page)
+            expand_sweeps(page)
             add_scatter(page, args.out)
             page.wait_for_timeout(2000)
             page.screenshot(path=args.out)
@@ -73,6 +77,23 @@ def shot(page, out: str, step: str) -> None:
         page.screenshot(path=str(Path(out).with_suffix(f".{step}.png")))
 
 
+def close_assistant(page) -> None:
+    """The assistant side panel takes a third of the page; close it if it is open."""
+    for button in page.locator("button[aria-label*='lose' i]").all():
+        if button.is_visible():
+            button.click()
+            page.wait_for_timeout(500)
+            return
+
+
+def expand_sweeps(page) -> None:
+    """Child runs (teacher baseline, students) are listed, and charted, only under an expanded parent."""
+    for button in page.locator("button[data-component-id*='runnamecellrenderer']").all():
+        if button.is_visible():
+            button.click()
+            page.wait_for_timeout(800)
+
+
 def add_scatter(page, out: str) -> None:
     """Chart view -> Add chart -> Scatter chart -> x: n_layers, y: wer."""
     page.get_by_role("button", name="Add chart").first.click()
@@ -80,7 +101,32 @@ def add_scatter(page, out: str) -> None:
     shot(page, out, "2-add-menu")
     page.get_by_text("Scatter chart", exact=True).first.click()
     page.wait_for_timeout(1500)
+    dialog = page.get_by_role("dialog")
+    for axis, metric in (("X axis", "n_layers"), ("Y axis", "wer")):
+        label = dialog.get_by_text(axis, exact=True)
+        label.locator("xpath=following::*[contains(@class, 'select-selector')][1]").click()
+        page.wait_for_timeout(500)
+        page.keyboard.type(metric)
+        page.wait_for_timeout(500)
+        # pick the exact name ("wer" also matches best_wer, wer_delta)
+        page.locator(f"[class*='select-item-option'][title='{metric}']").first.click()
+        page.wait_for_timeout(500)
+        shot(page, out, f"3-{metric}")
     shot(page, out, "3-scatter-dialog")
+    dialog.get_by_role("button", name="Add chart").click()
+    page.wait_for_timeout(1500)
+    shot(page, out, "4-added")
+    # show only that chart (the charts' own search box), so the trade-off is what the page shows
+    page.get_by_placeholder("Search metric charts").fill("n_layers")
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(Path(out).with_name(Path(out).stem + "-runs.png")))  # with the run list beside it
+    title = page.get_by_text("n_layers vs. wer", exact=True).first
+    card = title.locator("xpath=ancestor::*[.//button][1]")
+    for button in card.locator("button").all():  # the card's full-screen button comes first
+        if button.is_visible():
+            button.click()
+            page.wait_for_timeout(2000)
+            break
 
 
 if __name__ == "__main__":

@@ -59,12 +59,13 @@ def build_teacher_cache(teacher: nn.Module, family: Family, pairs: Sequence[tupl
         if with_hidden and hidden is None:
             shape = (int(offsets[-1]), len(out.hidden_states), out.hidden_states[0].shape[-1])
             hidden = np.lib.format.open_memmap(tmp / "hidden.npy", "w+", np.float16, shape)
-        for row in range(len(batch["input_ids"])):
-            i = start + row
-            a, b = offsets[i], offsets[i + 1]
-            logits[a:b] = out.logits[row, : b - a].float().cpu().numpy()
-            if with_hidden:
-                hidden[a:b] = torch.stack([h[row, : b - a] for h in out.hidden_states], 1).float().cpu().numpy()
+        # rows of a batch are consecutive pairs: gather their real tokens and write one block
+        lens = batch["attention_mask"].sum(1).tolist()
+        a, b = offsets[start], offsets[start + len(lens)]
+        logits[a:b] = torch.cat([out.logits[r, :n] for r, n in enumerate(lens)]).half().cpu().numpy()
+        if with_hidden:
+            states = torch.stack(out.hidden_states, 2)  # (B, T, layers + 1, hidden)
+            hidden[a:b] = torch.cat([states[r, :n] for r, n in enumerate(lens)]).half().cpu().numpy()
     logits.flush()
     if hidden is not None:
         hidden.flush()

@@ -61,3 +61,17 @@ def test_trial_bigger_than_the_cluster_is_refused_before_anything_is_written(tmp
     assert main(sweep_args(tmp_path, "sweep.local_cpus=2", "train.num_workers=4")) == 2
     assert "train.num_workers=4: one trial needs 4.5 CPU" in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_unreachable_address_or_tracking_server_stops_the_command(tmp_path, capsys, monkeypatch):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    assert main([*sweep_args(tmp_path), "--address", f"127.0.0.1:{port}"]) == 2
+    assert "no Ray cluster answers" in capsys.readouterr().err
+    assert main(sweep_args(tmp_path, f"tracking.uri=http://127.0.0.1:{port}")) == 2
+    assert "MLflow server does not answer" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()

@@ -154,3 +154,10 @@ def test_optuna_search_stays_multi_objective():
     assert tc.metric is None and tc.mode is None  # set on TuneConfig they would make Optuna single-objective
     assert tc.search_alg._metric == ["wer", "n_layers", "sim"] and tc.search_alg._mode == ["min", "min", "max"]
     assert tc.num_samples == 6 and tc.max_concurrent_trials == 2
+
+
+def test_asha_gets_its_own_metric():
+    from orchestrator.sweep.runner import _tune_config
+
+    tc = _tune_config(cfg_with("sweep.scheduler=asha", "sweep.asha_metric=loss", "sweep.asha_grace=3"), 1)
+    assert tc.metric is None and tc.scheduler._metric == "loss" and tc.scheduler._brackets[0]._rungs[-1][0] == 3

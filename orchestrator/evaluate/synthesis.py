@@ -64,7 +64,7 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
     for it, c, a, h in zip(items, codes, audios, hyps):
         sim = world.verifier.similarity(a, world.codec.decode(it.prompt_codes)) if len(c) else 0.0
         rows.append({"name": it.name, "target": it.target_text, "hypothesis": h,
-                     "wer": utterance_wer(it.target_text, h, lang), "sim": sim, "n_codes": len(c)})
+                     "wer": utterance_wer(it.target_text, h, lang), "sim": sim, "n_codes": len(c), "codes": list(c)})
     n_codes = sum(r["n_codes"] for r in rows)
     audio_s = n_codes / world.codec.token_rate
     return Evaluation(

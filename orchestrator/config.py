@@ -89,6 +89,8 @@ class DistillConfig(Section):
     latent_loss: Literal["mse", "cosine"] = "mse"
     weights: LossWeights = LossWeights()
     adaptive: bool = False
+    ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the student's "
+                       "weights, used as the final student (0: off)")
     on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
     rollout_temperature: float = Field(1.0, gt=0, description="sampling temperature of those continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -71,7 +71,7 @@ def test_checkpoint_restore_continues_exactly(tmp_path):
         s = drop_layers(teacher, drop=[1, 2])
         for p in s.parameters():
             p.requires_grad_(True)
-        return make_state(s, lr=1e-3, warmup=2, total_steps=6, adaptive=True)
+        return make_state(s, lr=1e-3, warmup=2, total_steps=6, adaptive=True, ema=0.9)
 
     straight = fresh()
     for b in batches:
@@ -89,6 +89,23 @@ def test_checkpoint_restore_continues_exactly(tmp_path):
         train_step(restarted, [b], spec, teacher)
     for (k, a), b in zip(straight.model.state_dict().items(), restarted.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
+    for k, a in straight.ema.shadow.items():
+        torch.testing.assert_close(a, restarted.ema.shadow[k], msg=k)
+
+
+def test_weight_average_follows_the_weights_by_its_decay():
+    from orchestrator.distill.loop import WeightAverage
+
+    model = tiny_llama(2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    avg = WeightAverage(model, decay=0.75)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    avg.update(model)
+    avg.copy_to(model)
+    for n, p in model.named_parameters():  # 0.75 * old + 0.25 * (old + 1)
+        torch.testing.assert_close(p, before[n] + 0.25, msg=n)
 
 
 def test_gradient_accumulation_averages_micro_batches():

@@ -27,6 +27,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     adaptive: losses.AdaptiveWeights | None
+    ema: "WeightAverage | None" = None
     step: int = 0
     tokens: int = 0
 
@@ -85,8 +86,35 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+class WeightAverage:
+    """Exponential moving average of the trainable weights (decay per optimizer step):
+    the averaged student is less at the mercy of the last few noisy steps."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                p.copy_(self.shadow[n])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.shadow = state["decay"], state["shadow"]
+
+
 def make_state(model: nn.Module, lr: float, warmup: int, total_steps: int, precision: str = "auto",
-               adaptive: bool = False, weight_decay: float = 0.01) -> TrainState:
+               adaptive: bool = False, weight_decay: float = 0.01, ema: float = 0.0) -> TrainState:
     device = next(model.parameters()).device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                             betas=(0.9, 0.95), weight_decay=weight_decay)
@@ -99,7 +127,7 @@ def make_state(model: nn.Module, lr: float, warmup: int, total_steps: int, preci
 
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype(precision, device) == torch.float16 else None
     return TrainState(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule), scaler,
-                      losses.AdaptiveWeights() if adaptive else None)
+                      losses.AdaptiveWeights() if adaptive else None, WeightAverage(model, ema) if ema else None)
 
 
 def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec,
@@ -166,6 +194,8 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
         state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
+    if state.ema:
+        state.ema.update(model)
     state.step += 1
     totals["lr"] = state.scheduler.get_last_lr()[0]
     totals["on_policy"] = float(on_policy)
@@ -183,6 +213,7 @@ def save_checkpoint(state: TrainState, path: str | Path) -> None:
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict() if state.scaler else None,
         "adaptive": state.adaptive.state_dict() if state.adaptive else None,
+        "ema": state.ema.state_dict() if state.ema else None,
         "step": state.step,
         "tokens": state.tokens,
     }
@@ -200,4 +231,6 @@ def load_checkpoint(state: TrainState, path: str | Path) -> None:
         state.scaler.load_state_dict(blob["scaler"])
     if state.adaptive and blob["adaptive"]:
         state.adaptive.load_state_dict(blob["adaptive"])
+    if state.ema and blob.get("ema"):
+        state.ema.load_state_dict(blob["ema"])
     state.step, state.tokens = blob["step"], blob["tokens"]

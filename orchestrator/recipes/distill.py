@@ -93,7 +93,7 @@ def prepare_distill(cfg: Config, world: World, teacher: nn.Module, teacher_token
     if wrap is not None:
         student = wrap(student)
     steps = budget.pairs * d.epochs // (d.batch_size * d.grad_accum)
-    state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive)
+    state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive, ema=d.ema)
     return DistillRun(state, spec, budget, [world.train_pairs[i] for i in range(budget.pairs)], steps)
 
 
@@ -135,13 +135,20 @@ def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int |
             save_checkpoint(run.state, ckpt)
     bar.close()
 
-    student = run.state.model
-    student.eval()
+    student = finished_student(run)
     student.save_pretrained(out / "student")
     write_history(out / "history.csv", history)
     (out / "budget.json").write_text(json.dumps(budget_record(run.budget, teacher_tokens), indent=2))
     ckpt.unlink(missing_ok=True)
     return student, history, run.budget
+
+
+def finished_student(run: DistillRun) -> nn.Module:
+    """The trained student (its weight average when `distill.ema` is on), in eval mode."""
+    student = getattr(run.state.model, "module", run.state.model)
+    if run.state.ema:
+        run.state.ema.copy_to(student)
+    return student.eval()
 
 
 def budget_record(budget: DataBudget, teacher_tokens: int | None) -> dict:

@@ -24,7 +24,7 @@ from orchestrator.config import Config
 from orchestrator.distill.loop import load_checkpoint, save_checkpoint
 from orchestrator.distill.teacher_cache import TeacherCache
 from orchestrator.evaluate.synthesis import evaluate_model, speedup
-from orchestrator.recipes.distill import budget_record, prepare_distill, training_steps
+from orchestrator.recipes.distill import budget_record, finished_student, prepare_distill, training_steps
 from orchestrator.sweep.space import layer_set, trial_choice
 
 STATE = "state.pt"
@@ -52,8 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
         if m["step"] % cfg.train.report_every == 0 and m["step"] < run.steps:
             _report({**last, "step": m["step"]}, run.state if rank == 0 else None)
 
-    student = getattr(run.state.model, "module", run.state.model)
-    student.eval()
+    student = finished_student(run)
     final: dict = {}
     files = None
     if rank == 0:

@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import socket
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -74,3 +76,12 @@ def make_identity(model, layer: int):
         block.self_attn.o_proj.weight.zero_()
         block.mlp.down_proj.weight.zero_()
     return model
+
+
+def free_port() -> int:
+    """A port nothing listens on (for servers the test starts, or as an address that does not answer)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -8,7 +8,6 @@ never `ray stop`, which would end every Ray process on the machine).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import TINY_WORLD
+from conftest import TINY_WORLD, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Started:

@@ -6,7 +6,7 @@ import json
 
 from mlflow import MlflowClient
 
-from conftest import TINY_WORLD
+from conftest import TINY_WORLD, free_port
 from orchestrator.cli import main
 
 
@@ -64,12 +64,7 @@ def test_trial_bigger_than_the_cluster_is_refused_before_anything_is_written(tmp
 
 
 def test_unreachable_address_or_tracking_server_stops_the_command(tmp_path, capsys, monkeypatch):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     assert main([*sweep_args(tmp_path), "--address", f"127.0.0.1:{port}"]) == 2
     assert "no Ray cluster answers" in capsys.readouterr().err
     assert main(sweep_args(tmp_path, f"tracking.uri=http://127.0.0.1:{port}")) == 2

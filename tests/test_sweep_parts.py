@@ -1,10 +1,9 @@
 """The sweep's plain parts: search space, trial layer sets, resources, Pareto front,
 teacher-output cache, and the refusals that happen before Ray starts."""
-import socket
-
 import pytest
 import torch
 
+from conftest import free_port
 from orchestrator.config import ConfigError, load_config
 from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
 
@@ -78,19 +77,11 @@ def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():
         concurrent_trials(cfg_with("train.use_gpu=true"), {"CPU": 16})
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_ray_address_and_tracking_server_are_refused():
     from orchestrator.sweep.runner import check_address
     from orchestrator.tracking import check_tracking
 
-    port = _closed_port()
+    port = free_port()
     with pytest.raises(ConfigError, match="no Ray cluster answers"):
         check_address(f"127.0.0.1:{port}", timeout=1)
     with pytest.raises(ConfigError, match="MLflow server does not answer"):

@@ -186,8 +186,12 @@ def cmd_demo(cfg: Config, args) -> int:
 def cmd_sweep(cfg: Config, args) -> int:
     from orchestrator.sweep.runner import run_sweep
 
-    run_sweep(cfg, args.address, progress=not args.quiet)
-    return 0
+    result = run_sweep(cfg, args.address, progress=not args.quiet)
+    failed = [r["dropped_layers"] for r in result["rows"] if r["status"] == "error"]
+    if failed:
+        print(f"prun-tts sweep: {len(failed)} trial(s) failed (dropped layers {', '.join(failed)}); "
+              "see the trial logs under the sweep's storage path", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_train_teacher(cfg: Config, args) -> int:

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -85,16 +86,43 @@ def start_run(uri: str, exp_id: str, name: str, role: str, parent: str | None = 
     if parent:
         all_tags[PARENT] = parent
     run = client.create_run(exp_id, tags=all_tags, run_name=name)
-    if params:
-        client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+    rows = [Param(k, _param(v)) for k, v in (params or {}).items()]
+    for i in range(0, len(rows), 100):  # MLflow's batch limit is 100 params
+        client.log_batch(run.info.run_id, params=rows[i:i + 100])
     return run.info.run_id
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict, step: int = 0) -> None:
+    _send(uri, run_id, _metric_rows(metrics, step))
+
+
+def _metric_rows(metrics: dict, step: int) -> list[Metric]:
     now = int(time.time() * 1000)
-    rows = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    return [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+
+
+def _send(uri: str, run_id: str, rows: list[Metric]) -> None:
     for i in range(0, len(rows), 900):  # MLflow's batch limit is 1000 metrics
         MlflowClient(uri).log_batch(run_id, metrics=rows[i:i + 900])
+
+
+class CurveLogger:
+    """Training curves of a run, buffered and sent in batches: a lost batch (a busy
+    server, a locked sqlite file) is reported as a warning, never fatal to training."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.rows: list[Metric] = []
+
+    def add(self, metrics: dict, step: int) -> None:
+        self.rows += _metric_rows(metrics, step)
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        try:
+            _send(self.uri, self.run_id, rows)
+        except Exception as e:  # noqa: BLE001 (any tracking failure)
+            warnings.warn(f"MLflow: {len(rows)} training-curve points not logged to run {self.run_id}: {e}")
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

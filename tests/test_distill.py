@@ -93,6 +93,17 @@ def test_checkpoint_restore_continues_exactly(tmp_path):
         torch.testing.assert_close(a, restarted.ema.shadow[k], msg=k)
 
 
+def test_weight_average_of_a_wrapped_model_uses_the_plain_parameter_names():
+    class Wrapper(torch.nn.Module):  # what DDP looks like from outside: the model under .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    model = tiny_llama(2)
+    state = make_state(Wrapper(model), lr=1e-3, warmup=0, total_steps=1, ema=0.5)
+    assert set(state.ema.shadow) == {n for n, _ in model.named_parameters()}
+
+
 def test_weight_average_follows_the_weights_by_its_decay():
     from orchestrator.distill.loop import WeightAverage
 

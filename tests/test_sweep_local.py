@@ -13,7 +13,7 @@ from orchestrator.cli import main
 def sweep_args(tmp_path, *extra):
     sets = TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}", f"output_dir={tmp_path / 'runs'}",
                          f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.local_cpus=6", "train.report_every=2",
-                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1", *extra]
+                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1", "distill.ema=0.9", *extra]
     args = ["sweep", "--config", "configs/mini.yaml", "--quiet"]
     for s in sets:
         args += ["--set", s]
@@ -58,12 +58,14 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
 
 def test_trial_bigger_than_the_cluster_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(sweep_args(tmp_path, "sweep.local_cpus=2", "train.num_workers=4")) == 2
     assert "train.num_workers=4: one trial needs 4.5 CPU" in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
 
 
 def test_unreachable_address_or_tracking_server_stops_the_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     port = free_port()
     assert main([*sweep_args(tmp_path), "--address", f"127.0.0.1:{port}"]) == 2
     assert "no Ray cluster answers" in capsys.readouterr().err

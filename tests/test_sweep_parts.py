@@ -37,6 +37,8 @@ def test_blocks_grid_lists_every_contiguous_block():
     c = cfg_with("sweep.space=blocks", "sweep.ratio=[0.5]")
     sets = param_space(c.sweep, 6)["layer_set"]["grid_search"]
     assert sets == ["0-1-2", "1-2-3", "2-3-4", "3-4-5"]
+    optuna = param_space(cfg_with("sweep.space=blocks", "sweep.search=optuna", "sweep.ratio=[0.3, 0.5]").sweep, 6)
+    assert optuna["layer_set"].categories == ["0-1", "1-2", "2-3", "3-4", "4-5", "0-1-2", "1-2-3", "2-3-4", "3-4-5"]
 
 
 def test_trial_choice_decodes_each_kind_of_trial():
@@ -45,8 +47,6 @@ def test_trial_choice_decodes_each_kind_of_trial():
     plans = {"wli/lowest/2": [3, 5]}
     assert trial_choice({"n_drop": 2, "scorer": "wli", "strategy": "lowest"}, plans, 8) == ([3, 5], "wli", "lowest")
     assert trial_choice({"layer_set": "7-2-4"}, plans, 8) == ([2, 4, 7], "manual", "manual")
-    # a block that would run past the last layer is moved back inside the model
-    assert trial_choice({"n_drop": 3, "block_start": 7}, plans, 8) == ([5, 6, 7], "manual", "block")
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -150,5 +150,6 @@ def test_optuna_search_stays_multi_objective():
 def test_asha_gets_its_own_metric():
     from orchestrator.sweep.runner import _tune_config
 
-    tc = _tune_config(cfg_with("sweep.scheduler=asha", "sweep.asha_metric=loss", "sweep.asha_grace=3"), 1)
+    tc = _tune_config(cfg_with("sweep.scheduler=asha", "sweep.asha_metric=loss", "sweep.asha_grace=3"), 1, reports=37)
     assert tc.metric is None and tc.scheduler._metric == "loss" and tc.scheduler._brackets[0]._rungs[-1][0] == 3
+    assert tc.scheduler._max_t == 38  # never at or past the final report (it carries the evaluation)

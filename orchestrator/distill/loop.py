@@ -127,7 +127,8 @@ def make_state(model: nn.Module, lr: float, warmup: int, total_steps: int, preci
 
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype(precision, device) == torch.float16 else None
     return TrainState(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule), scaler,
-                      losses.AdaptiveWeights() if adaptive else None, WeightAverage(model, ema) if ema else None)
+                      losses.AdaptiveWeights() if adaptive else None,
+                      WeightAverage(getattr(model, "module", model), ema) if ema else None)
 
 
 def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec,
@@ -195,7 +196,7 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     if state.ema:
-        state.ema.update(model)
+        state.ema.update(getattr(model, "module", model))  # parameter names without DDP's "module."
     state.step += 1
     totals["lr"] = state.scheduler.get_last_lr()[0]
     totals["on_policy"] = float(on_policy)

@@ -21,7 +21,9 @@ from ray import tune
 from orchestrator import tracking
 from orchestrator.builders import build_world, load_model, scoring_context, teacher_source
 from orchestrator.config import Config, ConfigError
+from orchestrator.distill.loop import loss_spec
 from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
+from orchestrator.recipes.distill import plan_budget
 from orchestrator.sweep.space import param_space, plan_keys, plan_name
 from orchestrator.sweep.trial import run_trial
 
@@ -54,8 +56,9 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     if fits < 1:
         have = ", ".join(f"{cluster.get(r, 0):g} {r}" for r in need)
         want = ", ".join(f"{v:g} {r}" for r, v in need.items())
+        fix = "train.gpus_per_worker" if "GPU" in need and cluster.get("GPU", 0) < need["GPU"] else "train.cpus_per_worker"
         raise ConfigError(f"train.num_workers={cfg.train.num_workers}: one trial needs {want} (driver + workers); "
-                          f"the cluster has {have}. Lower train.num_workers or train.cpus_per_worker, or add nodes")
+                          f"the cluster has {have}. Lower train.num_workers or {fix}, or add nodes")
     return min(fits, cfg.sweep.max_concurrent_trials) if cfg.sweep.max_concurrent_trials else fits
 
 
@@ -106,7 +109,6 @@ def _choose(cfg_dict: dict, scorer: str, strategy: str, n_drop: int, wli=None):
 def _build_cache(cfg_dict: dict, directory: str, key: dict, with_hidden: bool) -> str:
     from orchestrator.builders import pick_device
     from orchestrator.distill.teacher_cache import build_teacher_cache
-    from orchestrator.recipes.distill import plan_budget
 
     cfg = Config.model_validate(cfg_dict)
     world = build_world(cfg)
@@ -146,6 +148,13 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
     if cfg.distill.batch_size % cfg.train.num_workers:
         raise ConfigError(f"distill.batch_size={cfg.distill.batch_size} does not split over train.num_workers="
                           f"{cfg.train.num_workers}; make the batch size a multiple of the number of workers")
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # inside `ray job submit`: the working directory is temporary
+        relative = [f for f, v in (("sweep.storage_path", sw.storage_path), ("output_dir", cfg.output_dir))
+                    if not Path(v).is_absolute()]
+        if relative:
+            raise ConfigError(f"{', '.join(relative)} must be absolute paths in a Ray job (its working directory is "
+                              "deleted afterwards): give a directory every node sees, e.g. "
+                              "--set sweep.storage_path=/mnt/shared/sweeps --set output_dir=/mnt/shared/runs")
     uri = tracking.tracking_uri(cfg.tracking.uri, cfg.output_dir)
     tracking.check_tracking(uri)
     address = address or os.environ.get("RAY_ADDRESS")
@@ -160,6 +169,11 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
                  include_dashboard=False if not address else None, log_to_driver=progress)
     try:
         concurrency = concurrent_trials(cfg, ray.cluster_resources())
+        nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        if nodes > 1 and uri.startswith("sqlite:"):
+            raise ConfigError(f"tracking.uri {uri}: a sqlite file is local to one node, and this cluster has {nodes}; "
+                              "run an MLflow server (cluster.yaml starts one on the head) and set "
+                              "tracking.uri=http://HEAD:5000 or MLFLOW_TRACKING_URI")
         return _run(cfg, base, uri, space, n_layers, concurrency, progress, log)
     finally:
         if started:
@@ -175,7 +189,7 @@ def _check_same_sweep(cfg: Config, base: Path) -> None:
 
 def _comparable(cfg: Config) -> dict:
     d = cfg.model_dump()
-    d["sweep"].pop("max_concurrent_trials")  # resuming on a bigger cluster is fine
+    d["sweep"].pop("max_concurrent_trials")  # a resumed sweep keeps the concurrency Tune saved with it
     d["sweep"].pop("local_cpus")
     return d
 
@@ -228,19 +242,20 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
     for name, drop in plans.items():
         log(f"      {name:>28}: drop {drop}")
 
+    budget = plan_budget(cfg, world, meta.get("train_tokens"))  # refuses a budget that cannot work
+    spec = loss_spec(cfg.distill, world.family.speech_ids)
     cache_dir = None
-    if cfg.distill.teacher_cache:
+    if cfg.distill.teacher_cache and not spec.needs_attention:
         log("[3/5] teacher outputs on the distillation data (once for the whole sweep)")
         key = {"teacher_digest": meta.get("digest"), "teacher": cfg.world.teacher.path,
-               "teacher_tokens": meta["train_tokens"], "distill": cfg.distill.model_dump(include={"data_fraction", "batch_size"}),
+               "teacher_tokens": meta["train_tokens"], "pairs": budget.pairs, "with_hidden": spec.needs_hidden,
                "world": cfg.world.mini.model_dump()}
-        from orchestrator.distill.loop import loss_spec
-
-        with_hidden = loss_spec(cfg.distill, world.family.speech_ids).needs_hidden
         cache_dir = ray.get(_build_cache.options(**_task_options(cfg)).remote(cfg_dict, str(base / "teacher-cache"),
-                                                                               key, with_hidden))
-    else:
-        log("[3/5] teacher cache off (distill.teacher_cache=false): every trial runs the teacher")
+                                                                               key, spec.needs_hidden))
+    else:  # attention maps are not cached: with an attention term every step runs the teacher anyway
+        log("[3/5] no teacher cache (distill.teacher_cache=false or an attention term): trials run the teacher")
+    reports = budget.pairs * cfg.distill.epochs // (cfg.distill.batch_size * cfg.distill.grad_accum) \
+        // cfg.train.report_every + 1
 
     shared = {"cfg": cfg_dict, "n_layers": n_layers, "plans": plans, "baseline": baseline,
               "teacher_tokens": meta["train_tokens"], "teacher_cache": cache_dir, "tracking_uri": uri,
@@ -252,12 +267,20 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
         tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
     else:
         log(f"[4/5] Tune: up to {concurrency} trials at once, {cfg.train.num_workers} Train workers each")
-        tuner = tune.Tuner(trainable, param_space=space, tune_config=_tune_config(cfg, concurrency),
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=_tune_config(cfg, concurrency, reports),
                            run_config=tune.RunConfig(name="tune", storage_path=str(base), verbose=1 if progress else 0))
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:
+        tracking.finish_run(uri, parent, "FAILED")
+        raise
 
     log("[5/5] trade-off")
     rows = trial_rows(results, plans, n_layers)
+    for r in rows:  # trials the scheduler stopped (their driver was killed) or that failed: close their runs
+        run_id = r["status"] != "ok" and tracking.find_run(uri, exp_id, {"prun_tts.trial_id": r["trial_id"]})
+        if run_id:
+            tracking.finish_run(uri, run_id, "KILLED" if r["status"] == "stopped" else "FAILED")
     files = write_tradeoff(rows, baseline, base / "results")
     for f in files.values():
         tracking.log_artifacts(uri, parent, f, "results")
@@ -275,7 +298,9 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
             "storage": str(base)}
 
 
-def _tune_config(cfg: Config, concurrency: int) -> tune.TuneConfig:
+def _tune_config(cfg: Config, concurrency: int, reports: int = 100) -> tune.TuneConfig:
+    """`reports`: how many times a trial reports (ASHA's max_t: beyond it ASHA would stop
+    a trial before its final evaluation)."""
     sw = cfg.sweep
     search_alg = scheduler = None
     if sw.search == "optuna":
@@ -287,7 +312,7 @@ def _tune_config(cfg: Config, concurrency: int) -> tune.TuneConfig:
     if sw.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric=sw.asha_metric, mode="min", grace_period=sw.asha_grace)
+        scheduler = ASHAScheduler(metric=sw.asha_metric, mode="min", grace_period=sw.asha_grace, max_t=reports + 1)
     return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=sw.num_samples,
                            max_concurrent_trials=concurrency)
 
@@ -299,13 +324,13 @@ def trial_rows(results, plans: dict, n_layers: int) -> list[dict]:
     for r in results:
         drop, scorer, strategy = trial_choice(r.config, plans, n_layers)
         m = r.metrics or {}
-        ok = r.error is None and "wer" in m
+        status = "ok" if r.error is None and "wer" in m else "error" if r.error is not None else "stopped"
         row = {"trial_id": m.get("trial_id", ""), "dropped_layers": layer_set(drop), "scorer": scorer,
-               "strategy": strategy, "status": "ok" if ok else "error", "label": layer_set(drop)}
+               "strategy": strategy, "status": status, "label": layer_set(drop)}
         for k in ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "loss"):
             row[k] = m.get(k, float("nan"))
         row["time_s"] = m.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
-        if not ok:
+        if status != "ok":
             row["n_layers"] = n_layers - len(drop)
         rows.append(row)
     return sorted(rows, key=lambda r: (-r["n_layers"], r["wer"] if r["status"] == "ok" else math.inf))
@@ -333,7 +358,7 @@ def format_trials(rows: list[dict], baseline: dict) -> str:
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
-                         f"| failed (see the trial's log)")
+                         f"| {'stopped early by the scheduler' if r['status'] == 'stopped' else 'failed (see the trial log)'}")
             continue
         lines.append(f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
                      f"| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |")

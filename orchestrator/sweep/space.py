@@ -54,9 +54,7 @@ def param_space(sw: SweepConfig, n_layers: int) -> dict:
         check_layer_sets(sw, n_layers)
         return {"layer_set": pick(list(sw.layer_sets))}
     if sw.space == "blocks":
-        if grid:
-            return {"layer_set": tune.grid_search(blocks(counts, n_layers))}
-        return {"n_drop": tune.randint(counts[0], counts[-1] + 1), "block_start": tune.randint(0, n_layers)}
+        return {"layer_set": pick(blocks(counts, n_layers))}
     return {"n_drop": pick(counts), "scorer": pick(list(sw.scorer)), "strategy": pick(list(sw.strategy))}
 
 
@@ -75,8 +73,4 @@ def trial_choice(config: dict, plans: dict[str, list[int]], n_layers: int) -> tu
     """The layers a trial removes, and the scorer and strategy that chose them."""
     if "layer_set" in config:
         return parse_layer_set(config["layer_set"]), "manual", "manual"
-    if "block_start" in config:
-        k = config["n_drop"]
-        start = min(config["block_start"], n_layers - k)
-        return list(range(start, start + k)), "manual", "block"
     return plans[plan_name(config["scorer"], config["strategy"], config["n_drop"])], config["scorer"], config["strategy"]

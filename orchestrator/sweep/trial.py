@@ -43,32 +43,41 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             load_checkpoint(run.state, Path(d) / STATE)
     source = TeacherCache(config["teacher_cache"], teacher) if config["teacher_cache"] else teacher
-    uri, run_id = config["tracking_uri"], config["run_id"]
+    curves = tracking.CurveLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     last: dict = {}
     for m in training_steps(run, cfg, world, source, rank, size):
         last = {k: v for k, v in m.items() if k != "step"}
-        if rank == 0:
-            tracking.log_metrics(uri, run_id, {f"train/{k}": v for k, v in last.items()}, m["step"])
+        if curves:
+            curves.add({f"train/{k}": v for k, v in last.items()}, m["step"])
         if m["step"] % cfg.train.report_every == 0 and m["step"] < run.steps:
+            if curves:
+                curves.flush()
             _report({**last, "step": m["step"]}, run.state if rank == 0 else None)
+    if curves:
+        curves.flush()
 
     student = finished_student(run)
     final: dict = {}
-    files = None
-    if rank == 0:
-        test = world.test_items[: cfg.evaluate.n_items]
-        ev = evaluate_model(student, world, test, cfg.evaluate)
-        speed = speedup(teacher, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
-        final = trial_metrics(ev, speed, config["baseline"])
-        if isinstance(source, TeacherCache):
-            final["teacher_cache_hits"] = source.served
-        files = tempfile.mkdtemp(prefix="student-")
-        student.save_pretrained(Path(files) / "student")
-        (Path(files) / "evaluation.json").write_text(json.dumps({**ev.summary(), "items": ev.items}, indent=2))
-        (Path(files) / "budget.json").write_text(json.dumps(budget_record(run.budget, config["teacher_tokens"]), indent=2))
-        save_checkpoint(run.state, Path(files) / STATE)
-    ray.train.report({**last, "step": run.state.step, **final},
-                     checkpoint=ray.train.Checkpoint.from_directory(files) if files else None)
+    with tempfile.TemporaryDirectory(prefix="student-") as files:
+        if rank == 0:
+            final = _evaluate_and_save(cfg, world, teacher, student, source, run, config, Path(files))
+        ray.train.report({**last, "step": run.state.step, **final},
+                         checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 else None)
+
+
+def _evaluate_and_save(cfg, world, teacher, student, source, run, config, files: Path) -> dict:
+    """Rank 0, after training: the final metrics, and the student + evaluation in `files`."""
+    test = world.test_items[: cfg.evaluate.n_items]
+    ev = evaluate_model(student, world, test, cfg.evaluate)
+    speed = speedup(teacher, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
+    final = trial_metrics(ev, speed, config["baseline"])
+    if isinstance(source, TeacherCache):
+        final["teacher_cache_hits"] = source.served
+    student.save_pretrained(files / "student")
+    (files / "evaluation.json").write_text(json.dumps({**ev.summary(), "items": ev.items}, indent=2))
+    (files / "budget.json").write_text(json.dumps(budget_record(run.budget, config["teacher_tokens"]), indent=2))
+    save_checkpoint(run.state, files / STATE)
+    return final
 
 
 def _report(metrics: dict, state) -> None:

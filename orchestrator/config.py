@@ -94,7 +94,7 @@ class DistillConfig(Section):
     on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
     rollout_temperature: float = Field(1.0, gt=0, description="sampling temperature of those continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    teacher_cache: bool = Field(True, description="in sweeps: compute the teacher's logits and hidden states on the "
+    teacher_cache: bool = Field(False, description="in sweeps: compute the teacher's logits and hidden states on the "
                                 "training pairs once, shared by every trial (on-policy steps still run the teacher)")
     seed: int = 0
 

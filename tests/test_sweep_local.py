@@ -13,7 +13,7 @@ from orchestrator.cli import main
 def sweep_args(tmp_path, *extra):
     sets = TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}", f"output_dir={tmp_path / 'runs'}",
                          f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.local_cpus=6", "train.report_every=2",
-                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1", "distill.ema=0.9", *extra]
+                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1", "distill.ema=0.9", "distill.teacher_cache=true", *extra]
     args = ["sweep", "--config", "configs/mini.yaml", "--quiet"]
     for s in sets:
         args += ["--set", s]

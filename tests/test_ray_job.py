@@ -3,7 +3,7 @@ MLflow server with a sqlite store, and the mini sweep submitted with `ray job su
 (2 trials, 2 Train workers each). Checked through MLflow's REST API.
 
 The test stops exactly the processes it started (each started in its own process group;
-never `ray stop`, which would end every Ray process on the machine).
+never a machine-wide Ray shutdown, which would end every Ray process on the machine).
 """
 import json
 import os

@@ -25,7 +25,7 @@ from orchestrator.distill.loop import loss_spec
 from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
 from orchestrator.recipes.distill import plan_budget
 from orchestrator.sweep.space import param_space, plan_keys, plan_name
-from orchestrator.sweep.trial import run_trial
+from orchestrator.sweep.trial import run_trial, trial_metrics
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -67,77 +67,73 @@ def _task_options(cfg: Config) -> dict:
     return {"num_cpus": t.cpus_per_worker, "num_gpus": t.gpus_per_worker if t.use_gpu else 0}
 
 
-@ray.remote
-def _evaluate_teacher(cfg_dict: dict) -> dict:
+def _teacher_in_task(cfg_dict: dict):
+    """Inside a Ray task: the config, the world and the frozen teacher, on the task's device."""
     from orchestrator.builders import pick_device
-    from orchestrator.evaluate.synthesis import evaluate_model
 
     cfg = Config.model_validate(cfg_dict)
     world = build_world(cfg)
-    ev = evaluate_model(load_model(world, cfg.world.teacher.path, pick_device(cfg)), world,
-                        world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
-    return {"wer": 100 * ev.wer, "sim": ev.sim, "n_layers": ev.n_layers, "params_m": ev.params / 1e6,
-            "rtf": ev.rtf, "speedup": 1.0, "wer_delta": 0.0, "sim_delta": 0.0, "peak_mem_mb": ev.peak_mem_mb}
+    return cfg, world, load_model(world, cfg.world.teacher.path, pick_device(cfg))
+
+
+@ray.remote
+def _evaluate_teacher(cfg_dict: dict) -> dict:
+    """The baseline: the teacher evaluated like every student (its deltas are 0, its speed-up 1)."""
+    from orchestrator.evaluate.synthesis import evaluate_model
+
+    cfg, world, teacher = _teacher_in_task(cfg_dict)
+    ev = evaluate_model(teacher, world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
+    return trial_metrics(ev, 1.0, {"wer": 100 * ev.wer, "sim": ev.sim})
 
 
 @ray.remote
 def _wer_without(cfg_dict: dict, layers: list[int]) -> float:
-    from orchestrator.builders import pick_device
     from orchestrator.prune.importance import wer_without
 
-    cfg = Config.model_validate(cfg_dict)
-    world = build_world(cfg)
-    model = load_model(world, cfg.world.teacher.path, pick_device(cfg))
-    return wer_without(model, scoring_context(cfg, world, 1), layers)
+    cfg, world, teacher = _teacher_in_task(cfg_dict)
+    return wer_without(teacher, scoring_context(cfg, world, 1), layers)
 
 
 @ray.remote
-def _choose(cfg_dict: dict, scorer: str, strategy: str, n_drop: int, wli=None):
-    """Layers `scorer` + `strategy` remove (given WLI scores computed in parallel, for wli)."""
-    from orchestrator.builders import pick_device
-    from orchestrator.prune.select import choose_layers, contiguous, lowest
+def _choose(cfg_dict: dict, scorer: str, strategy: str, n_drop: int):
+    """Layers `scorer` + `strategy` remove, and the scores behind the choice."""
+    from orchestrator.prune.select import choose_layers
 
-    cfg = Config.model_validate(cfg_dict)
-    if wli is not None:
-        return (lowest if strategy == "lowest" else contiguous)(wli, n_drop), wli
-    world = build_world(cfg)
-    model = load_model(world, cfg.world.teacher.path, pick_device(cfg))
-    return choose_layers(strategy, scorer, model, scoring_context(cfg, world, n_drop), n_drop)
+    cfg, world, teacher = _teacher_in_task(cfg_dict)
+    return choose_layers(strategy, scorer, teacher, scoring_context(cfg, world, n_drop), n_drop)
 
 
 @ray.remote
 def _build_cache(cfg_dict: dict, directory: str, key: dict, with_hidden: bool) -> str:
-    from orchestrator.builders import pick_device
     from orchestrator.distill.teacher_cache import build_teacher_cache
 
-    cfg = Config.model_validate(cfg_dict)
-    world = build_world(cfg)
-    teacher = load_model(world, cfg.world.teacher.path, pick_device(cfg))
-    budget = plan_budget(cfg, world, key["teacher_tokens"])
-    pairs = [world.train_pairs[i] for i in range(budget.pairs)]
+    _, world, teacher = _teacher_in_task(cfg_dict)
+    pairs = [world.train_pairs[i] for i in range(key["pairs"])]
     return str(build_teacher_cache(teacher, world.family, pairs, directory, key, with_hidden))
 
 
 def layer_plans(cfg: Config, n_layers: int, log=print) -> tuple[dict[str, list[int]], dict]:
     """Each (scorer, strategy, n_drop) of the space -> the layers it removes; and the scores.
     Scores are computed once per sweep; WLI's per-layer syntheses run as parallel Ray tasks."""
+    from orchestrator.prune.importance import wli_from_wers
+    from orchestrator.prune.select import contiguous, lowest
+
     keys = plan_keys(cfg.sweep, n_layers)
-    if not keys:
-        return {}, {}
     opts, cfg_dict = _task_options(cfg), cfg.model_dump()
-    wli = None
+    chosen, refs = {}, {}
     if any(s == "wli" and st != "iterative" for s, st, _ in keys):
         log(f"      wli: {n_layers + 1} syntheses of the dev set as parallel Ray tasks")
         wers = ray.get([_wer_without.options(**opts).remote(cfg_dict, layers)
                         for layers in [[]] + [[l] for l in range(n_layers)]])
-        from orchestrator.prune.importance import wli_from_wers
-
         wli = wli_from_wers(wers[0], wers[1:], cfg.score.n_items)
-    refs = {plan_name(s, st, k): _choose.options(**opts).remote(cfg_dict, s, st, k,
-                                                                wli if s == "wli" and st != "iterative" else None)
-            for s, st, k in keys}
-    chosen = dict(zip(refs, ray.get(list(refs.values()))))
-    return {name: drop for name, (drop, _) in chosen.items()}, {name: scores for name, (_, scores) in chosen.items()}
+    for s, st, k in keys:
+        if s == "wli" and st != "iterative":  # selection from the parallel scores: no task needed
+            chosen[plan_name(s, st, k)] = ((lowest if st == "lowest" else contiguous)(wli, k), wli)
+        else:
+            refs[plan_name(s, st, k)] = _choose.options(**opts).remote(cfg_dict, s, st, k)
+    chosen.update(zip(refs, ray.get(list(refs.values()))))
+    names = [plan_name(*key) for key in keys]  # in the order of the space
+    return {n: chosen[n][0] for n in names}, {n: chosen[n][1] for n in names}
 
 
 def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, log=print) -> dict:

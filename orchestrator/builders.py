@@ -17,7 +17,9 @@ def build_world(cfg: Config) -> World:
         from orchestrator.mini import build_mini_world
 
         return build_mini_world(cfg)
-    raise ConfigError(f"world.name: unknown world {cfg.world.name!r}; allowed values: 'mini'")
+    from orchestrator.real import build_real_world
+
+    return build_real_world(cfg)
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -28,13 +30,27 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-def teacher_source(cfg: Config, world: World, progress: bool = True) -> tuple[Path, dict]:
-    """Where the teacher is (trained first if need be) and what is known of its training
-    (tokens seen, for the data budget)."""
-    from orchestrator.mini.teacher import ensure_teacher  # the only world so far
+def teacher_source(cfg: Config, world: World, progress: bool = True) -> tuple[str, dict]:
+    """Where the teacher is (the mini one trained first if need be; a hub id or a directory
+    for real worlds) and what is known of its training (tokens seen, for the data budget)."""
+    if cfg.world.name != "mini":
+        from orchestrator.real import teacher_meta
+
+        path = cfg.world.teacher.path
+        return (str(Path(path).resolve()) if Path(path).exists() else path), teacher_meta(cfg)
+    from orchestrator.mini.teacher import ensure_teacher
 
     path, meta = ensure_teacher(cfg, world, progress)
-    return Path(path).resolve(), meta
+    return str(Path(path).resolve()), meta
+
+
+def teacher_layers(cfg: Config) -> int:
+    """The teacher's depth, read from its config (no weights loaded)."""
+    if cfg.world.name == "mini":
+        return cfg.world.teacher.layers
+    from orchestrator.real import teacher_layers as real_teacher_layers
+
+    return real_teacher_layers(cfg.world.teacher.path)
 
 
 def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
@@ -45,7 +61,7 @@ def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool
 
 def load_model(world: World, path: str | Path, device: torch.device) -> nn.Module:
     p = Path(path)
-    if not (p / "config.json").is_file():
+    if world.name == "mini" and not (p / "config.json").is_file():  # real families explain their own failures
         raise ConfigError(f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained")
     transformers.logging.disable_progress_bar()  # one bar per load is noise in a sweep's many processes
     model = world.family.load_model(str(p)).to(device).eval()

@@ -1,4 +1,4 @@
-"""`prun-tts`: prune | score | distill | evaluate | demo | sweep | train-teacher.
+"""`prun-tts`: prune | score | distill | evaluate | demo | sweep | shards | train-teacher.
 
 Bad input (config, layer sets, paths) exits with code 2 and a message saying
 what to change, before any work starts and before anything is written.
@@ -50,11 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("evaluate", help="synthesize the test set and score WER, SIM, RTF, memory"))
     sp.add_argument("--model", default=None, help="model directory (default: the teacher)")
     sp.add_argument("--split", choices=["test", "dev"], default="test")
+    sp.add_argument("--shards", type=int, default=1, help="split the list over this many Ray tasks (GPUs)")
+    sp.add_argument("--address", default=None, help="Ray cluster HOST:PORT for --shards (default: $RAY_ADDRESS, "
+                                                   "else a private local Ray)")
     with_config(sub.add_parser("demo", help="the whole method on the configured world, in one process"))
     sp = with_config(sub.add_parser("sweep", help="Ray Tune sweep of layer sets, Ray Train distillation per trial, "
                                                   "MLflow tracking"))
     sp.add_argument("--address", default=None,
                     help="Ray cluster HOST:PORT (default: $RAY_ADDRESS inside a job, else a private local Ray)")
+    sp = with_config(sub.add_parser("shards", help="encode world.real.train_manifest into speech-token shards "
+                                                   "(Ray Data)"))
+    sp.add_argument("--address", default=None, help="Ray cluster HOST:PORT (default: $RAY_ADDRESS, else local)")
     sp = with_config(sub.add_parser("train-teacher", help="train the mini world's teacher"))
     sp.add_argument("--out", required=True, help="directory for the teacher")
     return p
@@ -159,20 +165,53 @@ def cmd_distill(cfg: Config, args) -> int:
 
 
 def cmd_evaluate(cfg: Config, args) -> int:
+    """Scores go to output_dir/evaluations: one JSONL row per item as it is scored (a run
+    started again skips the items already there) and a JSON summary at the end."""
+    import hashlib
+
     from orchestrator.builders import build_world, load_model, load_teacher, pick_device
     from orchestrator.evaluate.synthesis import evaluate_model
 
+    if args.shards < 1:
+        raise ConfigError(f"--shards {args.shards}: give 1 or more")
     world = build_world(cfg)
-    device = pick_device(cfg)
-    model = load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device, not args.quiet)[0]
-    items = (world.test_items if args.split == "test" else world.dev_items)[: cfg.evaluate.n_items]
-    result = evaluate_model(model, world, items, cfg.evaluate, not args.quiet)
+    items = world.test_items if args.split == "test" else world.dev_items
+    if not len(items):
+        raise ConfigError(f"the {world.name} world has no {args.split} items: set world.real.{args.split}_list "
+                          "to a Seed-TTS-eval meta.lst")
+    name = Path(args.model).name if args.model else "teacher"
+    # the same model, list and settings resume the same file; anything else gets its own
+    key = json.dumps([args.model or cfg.world.teacher.path, args.split, cfg.evaluate.model_dump(),
+                      cfg.world.model_dump()], sort_keys=True)
+    out = Path(cfg.output_dir) / "evaluations"
+    stem = out / f"{name}-{args.split}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    if args.shards > 1:
+        import ray
+
+        from orchestrator.distributed.evaluate import evaluate_sharded
+
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not args.quiet)
+        result = evaluate_sharded(cfg, args.model, args.split, args.shards, stem, world.codec.token_rate)
+    else:
+        device = pick_device(cfg)
+        model = load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device,
+                                                                                    not args.quiet)[0]
+        result = evaluate_model(model, world, items[: cfg.evaluate.n_items], cfg.evaluate, not args.quiet,
+                                results=f"{stem}.jsonl")
     s = result.summary()
     print(json.dumps(s, indent=2))
-    out = Path(cfg.output_dir) / "evaluations"
     out.mkdir(parents=True, exist_ok=True)
-    name = Path(args.model).name if args.model else "teacher"
     (out / f"{name}-{args.split}.json").write_text(json.dumps({**s, "items": result.items}, indent=2))
+    return 0
+
+
+def cmd_shards(cfg: Config, args) -> int:
+    import ray
+
+    from orchestrator.distributed.shards import build_shards
+
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not args.quiet)
+    build_shards(cfg)
     return 0
 
 
@@ -208,7 +247,7 @@ def cmd_train_teacher(cfg: Config, args) -> int:
 
 
 COMMANDS = {"score": cmd_score, "distill": cmd_distill, "evaluate": cmd_evaluate, "demo": cmd_demo, "sweep": cmd_sweep,
-            "train-teacher": cmd_train_teacher}
+            "shards": cmd_shards, "train-teacher": cmd_train_teacher}
 
 if __name__ == "__main__":
     sys.exit(main())

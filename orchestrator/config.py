@@ -34,7 +34,8 @@ class MiniWorldConfig(Section):
 
 
 class TeacherConfig(Section):
-    """The mini teacher: a LlamaForCausalLM in LLaSA's token layout, trained by `train-teacher`."""
+    """The teacher. Real worlds: `path` only (a hub id or a directory). The mini world: a
+    LlamaForCausalLM in LLaSA's token layout, trained by `train-teacher` with the settings below."""
 
     path: str = "orchestrator/assets/mini-teacher"
     layers: int = Field(8, ge=2)
@@ -49,10 +50,34 @@ class TeacherConfig(Section):
     seed: int = 0
 
 
+class RealWorldConfig(Section):
+    """LLaSA (with X-Codec2) or CosyVoice 2: where the models and the data are. Each entry is
+    a model-hub id or a local directory; `world.teacher.path` names the TTS model itself."""
+
+    codec: str = Field("hf-audio/xcodec2", description="llasa: the X-Codec2 checkpoint; cosyvoice2: the "
+                       "CosyVoice2-0.5B directory whose flow and HiFT models turn tokens into audio")
+    asr: str = Field("openai/whisper-large-v3", description="any Whisper checkpoint")
+    asr_batch_size: int = Field(16, ge=1)
+    verifier: str = Field("microsoft/wavlm-base-plus-sv", description="any WavLMForXVector checkpoint")
+    language: Literal["en", "zh"] = "en"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    train_manifest: str | None = Field(None, description="JSONL, one utterance a line: audio, text, speaker")
+    shards: str = Field("data/shards", description="speech-token shards made from train_manifest by "
+                        "`prun-tts shards`, read by every trial")
+    shard_size: int = Field(2000, ge=1, description="utterances per shard file")
+    encode_actors: int = Field(1, ge=1, description="Ray Data actors encoding audio (one GPU each with train.use_gpu)")
+    teacher_hours: float = Field(250_000, gt=0, description="hours of speech the teacher was trained on "
+                                 "(LLaSA: 250k), for distill.data_fraction")
+    dev_list: str | None = Field(None, description="Seed-TTS-eval meta.lst for scoring and dev (name|prompt "
+                                 "text|prompt audio|target text)")
+    test_list: str | None = Field(None, description="Seed-TTS-eval meta.lst for the final evaluation")
+
+
 class WorldConfig(Section):
-    name: Literal["mini"] = "mini"
+    name: Literal["mini", "llasa", "cosyvoice2"] = "mini"
     mini: MiniWorldConfig = MiniWorldConfig()
     teacher: TeacherConfig = TeacherConfig()
+    real: RealWorldConfig = RealWorldConfig()
 
 
 class ScoreConfig(Section):
@@ -79,6 +104,8 @@ class LossWeights(Section):
 
 class DistillConfig(Section):
     data_fraction: float = Field(0.05, gt=0, le=1, description="distinct student training tokens / teacher training tokens")
+    data_hours: float | None = Field(None, gt=0, description="a budget in hours of speech instead (prompt and target "
+                                     "audio of the pairs); overrides data_fraction")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)

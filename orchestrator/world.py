@@ -28,6 +28,7 @@ class EvalItem:
     prompt_text: str
     prompt_codes: tuple[int, ...]
     target_text: str
+    prompt_audio: str = ""  # the recorded prompt (real worlds): the reference for speaker similarity
 
 
 class Family(Protocol):
@@ -61,7 +62,8 @@ class ASR(Protocol):
 
 
 class SpeakerVerifier(Protocol):
-    def similarity(self, audio: Any, reference: Any) -> float: ...
+    def similarity(self, audio: Any, reference: Any) -> float:
+        """Cosine of speaker embeddings; `reference` is a waveform or an audio file's path."""
 
 
 @dataclasses.dataclass
@@ -74,5 +76,6 @@ class World:
     asr: ASR
     verifier: SpeakerVerifier
     train_pairs: Sequence[tuple[Sample, Sample]]
-    dev_items: list[EvalItem]
-    test_items: list[EvalItem]
+    dev_items: Sequence[EvalItem]
+    test_items: Sequence[EvalItem]
+    language: str = "en"  # of the texts: WER normalisation, per character for "zh"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -32,9 +34,10 @@ class Evaluation:
 
 @torch.no_grad()
 def synthesize(model: nn.Module, family: Family, items: Sequence[EvalItem], cfg: EvalConfig,
-               progress: bool = False) -> list[list[int]]:
+               progress: bool = False, first_batch: int = 0) -> list[list[int]]:
     """Speech codes for each item, sampled in batches; the same seed for every model,
-    so teacher and students are compared on the same random draws."""
+    so teacher and students are compared on the same random draws (batch b of a list
+    is drawn with seed `cfg.seed + b`; `first_batch` numbers a slice of a longer list)."""
     device = next(model.parameters()).device
     model.eval()
     out: list[list[int]] = []
@@ -43,7 +46,7 @@ def synthesize(model: nn.Module, family: Family, items: Sequence[EvalItem], cfg:
         chunk = items[start:start + cfg.batch_size]
         ids, mask = left_pad([family.prompt_ids(it.prompt_text, it.target_text, it.prompt_codes) for it in chunk],
                              family.pad_id)
-        torch.manual_seed(cfg.seed + b)
+        torch.manual_seed(cfg.seed + first_batch + b)
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
@@ -53,29 +56,76 @@ def synthesize(model: nn.Module, family: Family, items: Sequence[EvalItem], cfg:
     return out
 
 
+def read_results(path: Path) -> dict[str, dict]:
+    """Items already scored by an earlier, stopped run (one JSON row per line)."""
+    if not path.is_file():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash: that item is scored again
+            continue
+        rows[row["name"]] = row
+    return rows
+
+
 def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cfg: EvalConfig,
-                   progress: bool = False, lang: str = "en") -> Evaluation:
+                   progress: bool = False, results: str | Path | None = None) -> Evaluation:
+    """Synthesize, transcribe and compare each item, a batch at a time.
+
+    `results`: a JSONL file that receives each batch's rows as soon as they are scored; a
+    run started again with the same file skips the items it already holds.
+    """
     device = next(model.parameters()).device
-    with PeakMemory(device) as mem, Stopwatch() as clock:
-        codes = synthesize(model, world.family, items, cfg, progress)
-    audios = [world.codec.decode(c) for c in codes]
-    hyps = world.asr.transcribe(audios)
-    rows = []
-    for it, c, a, h in zip(items, codes, audios, hyps):
-        sim = world.verifier.similarity(a, world.codec.decode(it.prompt_codes)) if len(c) else 0.0
-        rows.append({"name": it.name, "target": it.target_text, "hypothesis": h,
-                     "wer": utterance_wer(it.target_text, h, lang), "sim": sim, "n_codes": len(c), "codes": list(c)})
+    path = Path(results) if results else None
+    done = read_results(path) if path else {}
+    todo = [it for it in items if it.name not in done]
+    rows = [done[it.name] for it in items if it.name in done]
+    batches = range(0, len(todo), cfg.batch_size)
+    for b, start in enumerate(tqdm(batches, desc="evaluate", disable=not progress, leave=False)):
+        chunk = todo[start:start + cfg.batch_size]
+        with PeakMemory(device) as mem, Stopwatch() as clock:
+            codes = synthesize(model, world.family, chunk, cfg, first_batch=b)
+        audios = [world.codec.decode(c) if c else None for c in codes]
+        spoken = [a for a in audios if a is not None]
+        heard = iter(world.asr.transcribe(spoken) if spoken else [])
+        n_chunk = max(1, sum(len(c) for c in codes))
+        new = []
+        for it, c, a in zip(chunk, codes, audios):
+            hyp = next(heard) if a is not None else ""
+            reference = it.prompt_audio or world.codec.decode(it.prompt_codes)
+            new.append({"name": it.name, "target": it.target_text, "hypothesis": hyp,
+                        "wer": utterance_wer(it.target_text, hyp, world.language),
+                        "sim": world.verifier.similarity(a, reference) if a is not None else 0.0,
+                        "n_codes": len(c), "synth_s": clock.seconds * len(c) / n_chunk,
+                        "peak_mem_mb": mem.peak_bytes / 2**20, "codes": list(c)})
+        rows += new
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+    order = {it.name: k for k, it in enumerate(items)}
+    rows.sort(key=lambda r: order[r["name"]])
+    return summarize(rows, len(decoder_layers(model)), count_parameters(model), world.codec.token_rate)
+
+
+def summarize(rows: Sequence[dict], n_layers: int, params: int, token_rate: float) -> Evaluation:
+    """The evaluation of a model from its per-item rows (of one run, or of several shards)."""
+    if not rows:
+        raise ValueError("no evaluation items: give at least one item")
     n_codes = sum(r["n_codes"] for r in rows)
-    audio_s = n_codes / world.codec.token_rate
+    seconds = sum(r["synth_s"] for r in rows)
+    audio_s = n_codes / token_rate
     return Evaluation(
         wer=sum(r["wer"] for r in rows) / len(rows),
         sim=sum(r["sim"] for r in rows) / len(rows),
-        n_layers=len(decoder_layers(model)),
-        params=count_parameters(model),
-        rtf=clock.seconds / audio_s if audio_s else float("inf"),
-        tokens_per_s=n_codes / clock.seconds,
-        peak_mem_mb=mem.peak_bytes / 2**20,
-        items=rows,
+        n_layers=n_layers,
+        params=params,
+        rtf=seconds / audio_s if audio_s else float("inf"),
+        tokens_per_s=n_codes / seconds if seconds else 0.0,
+        peak_mem_mb=max(r["peak_mem_mb"] for r in rows),
+        items=list(rows),
     )
 
 

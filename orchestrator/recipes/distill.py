@@ -1,6 +1,7 @@
 """Recipe: prune the teacher to a layer set and distil it back, on a data budget.
 
-The budget is a fraction of the teacher's training data, counted in tokens:
+The budget is a fraction of the teacher's training data, counted in tokens
+(or `data_hours` of speech):
 `data_fraction: 0.05` gives the student distinct training pairs holding at most
 5% of the tokens the teacher was trained on (the paper's "less than 5% of the
 original training data"). `epochs` passes over that data; the tokens processed
@@ -32,6 +33,7 @@ class DataBudget:
     pairs: int  # distinct training pairs used
     unique_tokens: int
     epochs: int
+    hours: float  # speech in those pairs (prompt and target), at the codec's token rate
 
     @property
     def tokens(self) -> int:
@@ -39,25 +41,40 @@ class DataBudget:
 
 
 def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBudget:
+    """Pairs taken in order while they fit: `distill.data_hours` of speech, else
+    `distill.data_fraction` of the teacher's training tokens (all tokens of a pair count)."""
     d = cfg.distill
-    if not teacher_tokens:
+    if d.data_hours is None and not teacher_tokens:
         raise ConfigError("distill.data_fraction needs the teacher's training token count, which this teacher "
-                          "does not record")
-    allowed = int(teacher_tokens * d.data_fraction)
-    lengths: list[int] = []  # tokens of each pair, taken in order while they fit
+                          "does not record; give distill.data_hours instead")
+    if not len(world.train_pairs):
+        raise ConfigError(f"the {world.name} world has no training pairs: make the speech-token shards first "
+                          "(`prun-tts shards --config CFG`, from world.real.train_manifest)")
+    rate = world.codec.token_rate
+    if d.data_hours is not None:
+        allowed = int(d.data_hours * 3600 * rate)
+        measure = lambda ids, p, t: len(p.codes) + len(t.codes)  # noqa: E731
+    else:
+        allowed = int(teacher_tokens * d.data_fraction)
+        measure = lambda ids, p, t: len(ids)  # noqa: E731
+    lengths: list[int] = []  # tokens of each pair
+    speech: list[int] = []  # speech codes of each pair
     total = 0
     while len(lengths) < len(world.train_pairs):
-        ids, _ = world.family.training_ids(*world.train_pairs[len(lengths)])
-        if total + len(ids) > allowed:
+        prompt, target = world.train_pairs[len(lengths)]
+        ids, _ = world.family.training_ids(prompt, target)
+        size = measure(ids, prompt, target)
+        if total + size > allowed:
             break
+        total += size
         lengths.append(len(ids))
-        total += len(ids)
+        speech.append(len(prompt.codes) + len(target.codes))
     n = len(lengths) - len(lengths) % d.batch_size  # whole batches only
-    unique = sum(lengths[:n])
     if n == 0:
-        raise ConfigError(f"distill.data_fraction={d.data_fraction} allows {allowed} tokens, less than one batch of "
-                          f"{d.batch_size} pairs; raise the fraction or lower distill.batch_size")
-    return DataBudget(allowed, n, unique, d.epochs)
+        what = f"distill.data_hours={d.data_hours}" if d.data_hours is not None else f"distill.data_fraction={d.data_fraction}"
+        raise ConfigError(f"{what} allows {allowed} tokens, less than one batch of {d.batch_size} pairs; raise it "
+                          f"or lower distill.batch_size")
+    return DataBudget(allowed, n, sum(lengths[:n]), d.epochs, sum(speech[:n]) / rate / 3600)
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ import ray
 from ray import tune
 
 from orchestrator import tracking
-from orchestrator.builders import build_world, load_model, scoring_context, teacher_source
+from orchestrator.builders import build_world, load_model, scoring_context, teacher_layers, teacher_source
 from orchestrator.config import Config, ConfigError
 from orchestrator.distill.loop import loss_spec
 from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
@@ -139,7 +139,7 @@ def layer_plans(cfg: Config, n_layers: int, log=print) -> tuple[dict[str, list[i
 def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, log=print) -> dict:
     sw = cfg.sweep
     # Everything a user can get wrong is checked before Ray starts or anything is written.
-    n_layers = cfg.world.teacher.layers
+    n_layers = teacher_layers(cfg)
     space = param_space(sw, n_layers)
     if cfg.distill.batch_size % cfg.train.num_workers:
         raise ConfigError(f"distill.batch_size={cfg.distill.batch_size} does not split over train.num_workers="
@@ -245,7 +245,7 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
         log("[3/5] teacher outputs on the distillation data (once for the whole sweep)")
         key = {"teacher_digest": meta.get("digest"), "teacher": cfg.world.teacher.path,
                "teacher_tokens": meta["train_tokens"], "pairs": budget.pairs, "with_hidden": spec.needs_hidden,
-               "world": cfg.world.mini.model_dump()}
+               "world": cfg.world.model_dump(exclude={"teacher"})}
         cache_dir = ray.get(_build_cache.options(**_task_options(cfg)).remote(cfg_dict, str(base / "teacher-cache"),
                                                                                key, spec.needs_hidden))
     else:  # attention maps are not cached: with an attention term every step runs the teacher anyway

@@ -1,0 +1,1 @@
+"""Model families of the real TTS systems: how each lays out text and speech tokens."""

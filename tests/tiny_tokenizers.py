@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-CHARS = list(string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,'?!:-")
+CHARS = list(string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,'?!:-\n")
 
 
 def char_tokenizer(size: int, specials: dict[str, int], chat_template: str | None = None,
@@ -30,6 +30,7 @@ def char_tokenizer(size: int, specials: dict[str, int], chat_template: str | Non
     vocab.update(below)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<filler_%d>" % (size - 1) if (size - 1) not in taken else None))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()  # decode() joins characters back without spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named_specials)
     fast.add_special_tokens({"additional_special_tokens": list(specials)})
     above = sorted((i, t) for t, i in specials.items() if i >= size)

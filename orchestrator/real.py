@@ -46,9 +46,10 @@ def speech_encoder(cfg: Config, device: str | torch.device):
         from orchestrator.speech.xcodec2 import Xcodec2Codec
 
         return Xcodec2Codec.from_pretrained(cfg.world.real.codec, device=str(device))
-    from orchestrator.speech.s3tokens import S3Tokenizer
+    from orchestrator.speech.s3tokens import MODEL, S3Tokenizer
 
-    return S3Tokenizer.from_pretrained(device=str(device))
+    onnx = Path(cfg.world.teacher.path) / "speech_tokenizer_v2.onnx"  # shipped with CosyVoice2-0.5B
+    return S3Tokenizer(onnx if onnx.is_file() else MODEL, device)
 
 
 def _codec(cfg: Config, device: str):
@@ -74,7 +75,7 @@ def build_real_world(cfg: Config) -> World:
 
         family = CosyVoice2Family.from_dir(cfg.world.teacher.path)
     codec = Lazy(lambda: _codec(cfg, device), token_rate=TOKEN_RATES[name])
-    asr = Lazy(lambda: WhisperASR.from_pretrained(r.asr, device=device, language=r.language,
+    asr = Lazy(lambda: WhisperASR.from_pretrained(r.asr, device=device, dtype=model_dtype(cfg), language=r.language,
                                                   batch_size=r.asr_batch_size))
     verifier = Lazy(lambda: WavLMVerifier.from_pretrained(r.verifier, device=device))
     # no shards yet (scoring and evaluation need none): training asks for them by name

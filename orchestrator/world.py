@@ -54,7 +54,9 @@ class Codec(Protocol):
 
     def encode(self, audio: Any) -> list[int]: ...
 
-    def decode(self, codes: Sequence[int]) -> Any: ...
+    def decode(self, codes: Sequence[int], prompt: str | None = None) -> Any:
+        """Audio of `codes` (None when this codec cannot make audio: token-level metrics only).
+        `prompt`: the prompt recording, for codecs whose decoder takes the voice from it."""
 
 
 class ASR(Protocol):

@@ -87,18 +87,21 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
         chunk = todo[start:start + cfg.batch_size]
         with PeakMemory(device) as mem, Stopwatch() as clock:
             codes = synthesize(model, world.family, chunk, cfg, first_batch=b)
-        audios = [world.codec.decode(c) if c else None for c in codes]
+        audios = [world.codec.decode(c, it.prompt_audio or None) if c else None for c, it in zip(codes, chunk)]
         spoken = [a for a in audios if a is not None]
         heard = iter(world.asr.transcribe(spoken) if spoken else [])
         n_chunk = max(1, sum(len(c) for c in codes))
         new = []
         for it, c, a in zip(chunk, codes, audios):
-            hyp = next(heard) if a is not None else ""
-            reference = it.prompt_audio or world.codec.decode(it.prompt_codes)
-            new.append({"name": it.name, "target": it.target_text, "hypothesis": hyp,
-                        "wer": utterance_wer(it.target_text, hyp, world.language),
-                        "sim": world.verifier.similarity(a, reference) if a is not None else 0.0,
-                        "n_codes": len(c), "synth_s": clock.seconds * len(c) / n_chunk,
+            row = {"name": it.name, "target": it.target_text, "hypothesis": "", "wer": 1.0, "sim": 0.0}
+            if a is not None:
+                reference = it.prompt_audio or world.codec.decode(it.prompt_codes)
+                row["hypothesis"] = next(heard)
+                row["wer"] = utterance_wer(it.target_text, row["hypothesis"], world.language)
+                row["sim"] = world.verifier.similarity(a, reference)
+            elif c:  # codes but no audio: this codec has no decoder here (token-level metrics only)
+                row["wer"] = row["sim"] = float("nan")
+            new.append({**row, "n_codes": len(c), "synth_s": clock.seconds * len(c) / n_chunk,
                         "peak_mem_mb": mem.peak_bytes / 2**20, "codes": list(c)})
         rows += new
         if path:

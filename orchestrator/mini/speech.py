@@ -21,7 +21,7 @@ class MiniCodec:
     def encode(self, audio: Sequence[int]) -> list[int]:
         return [int(c) for c in audio]
 
-    def decode(self, codes: Sequence[int]) -> np.ndarray:
+    def decode(self, codes: Sequence[int], prompt: str | None = None) -> np.ndarray:
         return np.asarray(codes, dtype=np.int64)
 
 

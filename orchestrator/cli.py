@@ -6,6 +6,7 @@ what to change, before any work starts and before anything is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -186,12 +187,10 @@ def cmd_evaluate(cfg: Config, args) -> int:
     out = Path(cfg.output_dir) / "evaluations"
     stem = out / f"{name}-{args.split}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if args.shards > 1:
-        import ray
-
         from orchestrator.distributed.evaluate import evaluate_sharded
 
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not args.quiet)
-        result = evaluate_sharded(cfg, args.model, args.split, args.shards, stem, world.codec.token_rate)
+        with _ray(args):
+            result = evaluate_sharded(cfg, args.model, args.split, args.shards, stem, world.codec.token_rate)
     else:
         device = pick_device(cfg)
         model = load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device,
@@ -206,13 +205,32 @@ def cmd_evaluate(cfg: Config, args) -> int:
 
 
 def cmd_shards(cfg: Config, args) -> int:
-    import ray
-
     from orchestrator.distributed.shards import build_shards
 
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not args.quiet)
-    build_shards(cfg)
+    with _ray(args):
+        build_shards(cfg)
     return 0
+
+
+@contextlib.contextmanager
+def _ray(args):
+    """The cluster at --address or $RAY_ADDRESS, else a private local Ray stopped afterwards."""
+    import ray
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        from orchestrator.sweep.runner import check_address
+
+        check_address(address)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or "local", include_dashboard=False if not address else None,
+                 log_to_driver=not args.quiet)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def cmd_demo(cfg: Config, args) -> int:

@@ -1,0 +1,158 @@
+"""The LLaSA world end to end from a config, on tiny random versions of every real model
+class saved to disk (LLaSA's Llama, X-Codec2, Whisper, WavLM): prompt audio -> codes ->
+prompt -> generate -> decode -> transcribe -> WER and similarity; speech-token shards
+with Ray Data; prune and distil from the shards; resumable `prun-tts evaluate`; and the
+cosyvoice2 world's messages for what is not installed here."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_llasa import save_tiny_llasa  # noqa: E402
+from tiny_speech import tiny_wavlm, tiny_whisper, tiny_xcodec2  # noqa: E402
+
+from orchestrator.cli import main  # noqa: E402
+from orchestrator.config import load_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: threads cost more than they bring on 2 shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+def _voice(path: Path, seconds: float, pitch: float, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    wav = 0.3 * np.sin(2 * np.pi * pitch * t) + 0.05 * rng.standard_normal(len(t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wav.astype(np.float32), 16000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llasa_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llasa-world")
+    save_tiny_llasa(root / "llasa", layers=4)
+    codec, asr, sv = tiny_xcodec2(), tiny_whisper(), tiny_wavlm()
+    for part, d in ((codec.model, "xcodec2"), (codec.feature_extractor, "xcodec2"), (asr.model, "whisper"),
+                    (asr.feature_extractor, "whisper"), (asr.tokenizer, "whisper"), (sv.model, "wavlm"),
+                    (sv.feature_extractor, "wavlm")):
+        part.save_pretrained(root / d)
+    lines = []
+    for i in range(6):  # two speakers, three utterances each
+        _voice(root / "data" / f"u{i}.wav", 0.3 + 0.05 * i, 150 + 100 * (i % 2), i)
+        lines.append(json.dumps({"audio": f"u{i}.wav", "text": f"utterance number {i}", "speaker": f"s{i % 2}"}))
+    (root / "data" / "train.jsonl").write_text("\n".join(lines) + "\n")
+    for i in range(3):
+        _voice(root / "seedtts" / "prompt-wavs" / f"p{i}.wav", 0.4, 200 + 50 * i, 10 + i)
+    (root / "seedtts" / "meta.lst").write_text("".join(
+        f"item{i}|A prompt, number {i}.|prompt-wavs/p{i}.wav|Say the words {i}.\n" for i in range(3)))
+    overrides = [
+        "world.name=llasa", f"world.teacher.path={root / 'llasa'}", f"world.real.codec={root / 'xcodec2'}",
+        f"world.real.asr={root / 'whisper'}", f"world.real.verifier={root / 'wavlm'}", "world.real.dtype=float32",
+        f"world.real.train_manifest={root / 'data' / 'train.jsonl'}", f"world.real.shards={root / 'shards'}",
+        "world.real.shard_size=4", f"world.real.dev_list={root / 'seedtts' / 'meta.lst'}",
+        f"world.real.test_list={root / 'seedtts' / 'meta.lst'}",
+        "evaluate.n_items=3", "evaluate.batch_size=2", "evaluate.max_new_tokens=12",
+        "distill.data_hours=0.001", "distill.batch_size=2", "distill.epochs=1", "distill.on_policy=0",
+        "distill.warmup=0", f"output_dir={root / 'runs'}", "device=cpu",
+    ]
+    return root, overrides
+
+
+def test_full_path_from_prompt_audio_to_wer_and_similarity(llasa_setup):
+    from orchestrator.builders import build_world, load_teacher, pick_device
+    from orchestrator.evaluate.synthesis import evaluate_model
+    from orchestrator.speech.audio import load_audio
+
+    root, overrides = llasa_setup
+    cfg = load_config(None, overrides)
+    world = build_world(cfg)
+    teacher, meta = load_teacher(cfg, world, pick_device(cfg), progress=False)
+    assert meta["train_tokens"] == 250_000 * 3600 * 50  # LLaSA's hours, as X-Codec2 tokens
+    item = world.test_items[0]
+    n_samples = len(load_audio(root / "seedtts" / "prompt-wavs" / "p0.wav"))
+    assert len(item.prompt_codes) == n_samples // 320 + 1  # the prompt recording went through X-Codec2
+    e = evaluate_model(teacher, world, world.test_items[:3], cfg.evaluate)
+    assert [r["name"] for r in e.items] == ["item0", "item1", "item2"]
+    assert all(r["n_codes"] > 0 for r in e.items)  # the tiny LLaSA speaks...
+    assert all(isinstance(r["hypothesis"], str) for r in e.items)  # ...Whisper transcribes the decoded audio...
+    assert all(0.0 <= r["wer"] and -1.0 <= r["sim"] <= 1.0 for r in e.items)  # ...and both are scored
+    assert e.wer == pytest.approx(np.mean([r["wer"] for r in e.items]))
+    assert e.n_layers == 4 and e.rtf > 0
+
+
+def test_shards_with_ray_data_then_prune_and_distil_from_them(llasa_setup, capsys):
+    from orchestrator.builders import build_world, load_teacher, pick_device
+    from orchestrator.recipes.distill import distill
+
+    root, overrides = llasa_setup
+    args = ["--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in overrides), [])]
+    assert main(["shards", *args]) == 0
+    index = json.loads((root / "shards" / "index.json").read_text())
+    assert index["shards"] == 2 and index["utterances"] == 6
+    rows = [json.loads(x) for f in sorted((root / "shards").glob("shard-*.jsonl")) for x in f.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [f"utterance number {i}" for i in range(6)]  # the manifest's order
+    assert len(rows[5]["codes"]) == int(16000 * 0.55) // 320 + 1
+    assert main(["shards", *args]) == 0  # made once: the second run finds them
+    assert "already holds these 6 utterances" in capsys.readouterr().out
+
+    cfg = load_config("configs/mini.yaml", overrides)
+    world = build_world(cfg)
+    assert len(world.train_pairs) == 6 and all(p.speaker == t.speaker for p, t in world.train_pairs)
+    teacher, meta = load_teacher(cfg, world, pick_device(cfg), progress=False)
+    student, history, budget = distill(cfg, world, teacher, meta["train_tokens"], [1, 2], root / "student",
+                                       progress=False)
+    assert len(student.model.layers) == 2 and student.config.prun_tts["kept_layers"] == [0, 3]
+    assert budget.pairs >= 2 and budget.hours <= 0.001 and len(history) == budget.pairs // 2
+    assert all(np.isfinite(h["loss"]) for h in history)
+    assert (root / "student" / "student" / "config.json").is_file()
+
+
+def test_evaluate_command_resumes_and_skips_scored_items(llasa_setup, capsys):
+    root, overrides = llasa_setup
+    args = ["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in overrides), [])]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    [results] = (root / "runs" / "evaluations").glob("teacher-test-*.jsonl")
+    assert len(results.read_text().splitlines()) == 3
+    assert main(args) == 0  # everything already scored: nothing synthesized, the same summary
+    again = json.loads(capsys.readouterr().out)
+    assert len(results.read_text().splitlines()) == 3
+    assert again["wer"] == first["wer"] and again["sim"] == first["sim"]
+
+
+def test_missing_pieces_are_named_with_what_to_do(llasa_setup, tmp_path, capsys):
+    root, overrides = llasa_setup
+    bad = [o for o in overrides if not o.startswith("world.real.codec")] + ["world.real.codec=some-org/not-here"]
+    args = ["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in bad), [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "X-Codec2" in err and "huggingface-cli download some-org/not-here" in err and "world.real.codec" in err
+
+    # cosyvoice2: a CosyVoice2-0.5B folder that is not there, then one without s3tokenizer installed
+    cv = ["world.name=cosyvoice2", f"world.teacher.path={tmp_path / 'CosyVoice2-0.5B'}", f"output_dir={tmp_path}"]
+    assert main(["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in cv), [])]) == 2
+    assert "FunAudioLLM/CosyVoice2-0.5B" in capsys.readouterr().err
+
+
+def test_evaluation_sharded_over_ray_tasks(llasa_setup, capsys):
+    root, overrides = llasa_setup
+    args = ["evaluate", "--config", "configs/mini.yaml", "--quiet", "--shards", "2",
+            *sum((["--set", o] for o in overrides), [])]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    shard_files = sorted((root / "runs" / "evaluations").glob("teacher-test-*.shard*of2.jsonl"))
+    names = [[json.loads(x)["name"] for x in f.read_text().splitlines()] for f in shard_files]
+    assert names == [["item0", "item2"], ["item1"]]  # item i goes to shard i mod 2
+    report = json.loads((root / "runs" / "evaluations" / "teacher-test.json").read_text())
+    assert [r["name"] for r in report["items"]] == ["item0", "item1", "item2"]
+    assert summary["wer"] == pytest.approx(np.mean([r["wer"] for r in report["items"]]))

@@ -70,6 +70,15 @@ def load_model(world: World, path: str | Path, device: torch.device) -> nn.Modul
     return model
 
 
+def save_student(world: World, model: nn.Module, out: str | Path) -> None:
+    """A student as a Hugging Face checkpoint, plus its family's own format where it has one
+    (CosyVoice 2: `native/llm.pt` + `native/CosyVoice-BlankEN`, loadable by CosyVoice's code)."""
+    model.save_pretrained(out)
+    native = getattr(world.family, "save_native", None)
+    if native is not None:
+        native(model, Path(out) / "native")
+
+
 def n_to_drop(cfg: Config, n_layers: int) -> int:
     k = round(cfg.prune.ratio * n_layers)
     if not 1 <= k < n_layers:

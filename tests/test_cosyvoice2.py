@@ -266,3 +266,20 @@ def test_missing_pieces_say_what_to_get(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cosyvoice", None)
     with pytest.raises(MissingPiece, match=r"github\.com/FunAudioLLM/CosyVoice.*Matcha-TTS.*PYTHONPATH"):
         CosyVoiceVocoder(tmp_path)
+
+
+def test_a_saved_student_carries_the_cosyvoice_format(teacher_dir, tmp_path):
+    """What distillation writes for a CosyVoice 2 student: the HF checkpoint and native/llm.pt."""
+    from types import SimpleNamespace
+
+    from orchestrator.builders import save_student
+
+    family = CosyVoice2Family.from_dir(teacher_dir, speech_token_size=S)
+    student = drop_layers(family.load_model(str(teacher_dir)), drop=[0, 3])
+    save_student(SimpleNamespace(family=family), student, tmp_path / "student")
+    native = load_cosyvoice_llm(tmp_path / "student" / "native")
+    assert shapes_of(native.state_dict()) == expected_shapes(2)
+    assert (tmp_path / "student" / "native" / BLANK / "tokenizer.json").is_file()  # copied from the source
+    again = family.load_model(str(tmp_path / "student"))  # the save_pretrained copy
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, native.state_dict()[k]) and torch.equal(v, again.state_dict()[k])

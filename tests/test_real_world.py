@@ -156,3 +156,22 @@ def test_evaluation_sharded_over_ray_tasks(llasa_setup, capsys):
     report = json.loads((root / "runs" / "evaluations" / "teacher-test.json").read_text())
     assert [r["name"] for r in report["items"]] == ["item0", "item1", "item2"]
     assert summary["wer"] == pytest.approx(np.mean([r["wer"] for r in report["items"]]))
+
+
+def test_sweep_on_the_llasa_world(llasa_setup, tmp_path):
+    """Ray Tune + Ray Train (2 DDP workers) + MLflow on the tiny LLaSA: the same sweep as the
+    mini world, with the world rebuilt from the config inside every Ray worker."""
+    import csv
+
+    root, overrides = llasa_setup
+    sets = overrides + ["sweep.ratio=[0.5]", f"sweep.storage_path={tmp_path / 'sweeps'}", "score.n_items=2",
+                        "score.n_pairs=2", "score.batch_size=2", "train.report_every=1", "sweep.local_cpus=4"]
+    args = ["--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in sets), [])]
+    assert main(["shards", *args]) == 0
+    assert main(["sweep", *args]) == 0
+    with (tmp_path / "sweeps" / "mini-sweep" / "results" / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dropped_layers"], r["n_layers"], r["status"]) for r in rows] == [("0-1", "2", "ok")]
+    assert 0 <= float(rows[0]["wer"]) and float(rows[0]["speedup"]) > 0 and float(rows[0]["params_m"]) > 0
+    baseline = json.loads((tmp_path / "sweeps" / "mini-sweep" / "baseline.json").read_text())
+    assert baseline["n_layers"] == 4

@@ -225,6 +225,7 @@ class CosyVoice2Family:
         self.sos_id, self.task_id = s + 3, s + 4
         self.text_offset = s + 5
         self.speech_ids = torch.arange(s + 1)  # codes and eos
+        self.source_dir: Path | None = None  # the CosyVoice2-0.5B folder, when built from one
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, speech_token_size: int = SPEECH_TOKEN_SIZE,
@@ -234,7 +235,13 @@ class CosyVoice2Family:
         blank = require_file(d / BLANK, "the CosyVoice 2 text tokenizer", _download_hint(d))
         tok = load_pretrained(AutoTokenizer.from_pretrained, str(blank), "the CosyVoice 2 text tokenizer",
                               "world.teacher.path")
-        return cls(tok, speech_token_size, dtype)
+        family = cls(tok, speech_token_size, dtype)
+        family.source_dir = d
+        return family
+
+    def save_native(self, model: CosyVoice2LM, out_dir: str | Path) -> Path:
+        """The student as CosyVoice loads it: llm.pt + CosyVoice-BlankEN (see save_cosyvoice_llm)."""
+        return save_cosyvoice_llm(model, out_dir, self.source_dir)
 
     def text_ids(self, text: str) -> list[int]:
         return [self.text_offset + t for t in self.tokenizer.encode(text, add_special_tokens=False)]

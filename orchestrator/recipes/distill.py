@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from orchestrator.builders import save_student
 from orchestrator.config import Config, ConfigError
 from orchestrator.distill.data import batches
 from orchestrator.distill.loop import (LossSpec, TrainState, load_checkpoint, loss_spec, make_state, save_checkpoint,
@@ -153,7 +154,7 @@ def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int |
     bar.close()
 
     student = finished_student(run)
-    student.save_pretrained(out / "student")
+    save_student(world, student, out / "student")
     write_history(out / "history.csv", history)
     (out / "budget.json").write_text(json.dumps(budget_record(run.budget, teacher_tokens), indent=2))
     ckpt.unlink(missing_ok=True)

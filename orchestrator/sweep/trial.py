@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import tracking
-from orchestrator.builders import build_world, load_model
+from orchestrator.builders import build_world, load_model, save_student
 from orchestrator.config import Config
 from orchestrator.distill.loop import load_checkpoint, save_checkpoint
 from orchestrator.distill.teacher_cache import TeacherCache
@@ -73,7 +73,7 @@ def _evaluate_and_save(cfg, world, teacher, student, source, run, config, files:
     final = trial_metrics(ev, speed, config["baseline"])
     if isinstance(source, TeacherCache):
         final["teacher_cache_hits"] = source.served
-    student.save_pretrained(files / "student")
+    save_student(world, student, files / "student")
     (files / "evaluation.json").write_text(json.dumps({**ev.summary(), "items": ev.items}, indent=2))
     (files / "budget.json").write_text(json.dumps(budget_record(run.budget, config["teacher_tokens"]), indent=2))
     save_checkpoint(run.state, files / STATE)

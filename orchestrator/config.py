@@ -114,6 +114,9 @@ class DistillConfig(Section):
     clip: float = Field(1.0, gt=0)
     temperature: float = Field(2.0, gt=0)
     latent_loss: Literal["mse", "cosine"] = "mse"
+    kl_kind: Literal["forward", "reverse", "jsd"] = Field("forward", description="forward KL(T||S), reverse "
+                                                           "KL(S||T) or GKD's generalised JSD")
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="the JSD's mixture weight of the teacher")
     weights: LossWeights = LossWeights()
     adaptive: bool = False
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the student's "

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 from orchestrator.config import ConfigError
 

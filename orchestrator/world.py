@@ -49,6 +49,19 @@ class Family(Protocol):
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module: ...
 
 
+def speech_codes(generated_ids: Sequence[int], end_id: int, first_id: int, n_codes: int) -> list[int]:
+    """The codes in a generated continuation, up to the end token: ids first_id..first_id+n_codes-1
+    are codes 0..n_codes-1, any other id (text, fill tokens) is skipped."""
+    codes = []
+    for t in generated_ids:
+        t = int(t)
+        if t == end_id:
+            break
+        if first_id <= t < first_id + n_codes:
+            codes.append(t - first_id)
+    return codes
+
+
 class Codec(Protocol):
     token_rate: float  # codes per second of audio
 

@@ -32,6 +32,25 @@ def test_speech_kl_known_value():
     assert losses.speech_kl(teacher, teacher, labels, ids) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_reverse_kl_and_jsd_known_values():
+    labels = torch.tensor([[-100, 3, 4]])
+    teacher = _logits([[0.5, 0.5], [0.5, 0.5]])
+    student = _logits([[0.25, 0.75], [0.5, 0.5]])
+    ids = torch.tensor([3, 4])
+    reverse = (0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)) / 2  # KL(S||T), batchmean
+    assert losses.speech_kl(student, teacher, labels, ids, kind="reverse") == pytest.approx(reverse, rel=1e-5)
+    beta = 0.3
+    m = [beta * 0.5 + (1 - beta) * 0.25, beta * 0.5 + (1 - beta) * 0.75]
+    kl_t = 0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])
+    kl_s = 0.25 * math.log(0.25 / m[0]) + 0.75 * math.log(0.75 / m[1])
+    jsd = (beta * kl_t + (1 - beta) * kl_s) / 2
+    assert losses.speech_kl(student, teacher, labels, ids, kind="jsd", beta=beta) == pytest.approx(jsd, rel=1e-5)
+    for kind in ("reverse", "jsd"):
+        assert losses.speech_kl(teacher, teacher, labels, ids, kind=kind) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="forward"):
+        losses.speech_kl(student, teacher, labels, ids, kind="sideways")
+
+
 def test_speech_kl_ignores_non_speech_positions_and_other_tokens():
     labels = torch.tensor([[-100, -100, 4]])  # only position 1 predicts speech
     teacher = _logits([[0.9, 0.1], [0.5, 0.5]])

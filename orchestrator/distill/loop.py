@@ -45,6 +45,8 @@ class LossSpec:
     rollout_temperature: float = 1.0
     pad_id: int = 0
     end_id: int = 0
+    kl_kind: str = "forward"
+    jsd_beta: float = 0.5
 
     @property
     def needs_hidden(self) -> bool:
@@ -62,7 +64,7 @@ def loss_spec(cfg: DistillConfig, speech_ids: torch.Tensor, kept: Sequence[int] 
         raise ValueError("distill.weights: every weight is 0; give at least one term a positive weight")
     targets = tuple(losses.latent_targets(kept, n_teacher)) if kept else ()
     return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets, cfg.on_policy,
-                    cfg.rollout_temperature, pad_id, end_id)
+                    cfg.rollout_temperature, pad_id, end_id, cfg.kl_kind, cfg.jsd_beta)
 
 
 def is_on_policy_step(step: int, share: float) -> bool:
@@ -141,7 +143,8 @@ def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spe
     if teacher_out is None:
         return terms
     if "kl" in w:
-        terms["kl"] = losses.speech_kl(student_out.logits, teacher_out.logits, labels, spec.speech_ids, spec.temperature)
+        terms["kl"] = losses.speech_kl(student_out.logits, teacher_out.logits, labels, spec.speech_ids, spec.temperature,
+                                       spec.kl_kind, spec.jsd_beta)
     if "latent" in w:
         terms["latent"] = losses.latent_loss(student_out.hidden_states[1:], teacher_out.hidden_states[1:],
                                              spec.targets, mask, spec.latent_kind)

@@ -7,6 +7,8 @@ Positions: logits at t predict the token at t+1, so a position counts when the
 """
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -35,14 +37,30 @@ def speech_kl(
     labels: torch.Tensor,
     speech_ids: torch.Tensor,
     temperature: float = 1.0,
+    kind: str = "forward",
+    beta: float = 0.5,
 ) -> torch.Tensor:
-    """KL(teacher || student) over the speech-token distribution, times T^2 (Hinton)."""
+    """Divergence between teacher (T) and student (S) over the speech-token distribution, times
+    T^2 (Hinton). `forward`: KL(T||S), mass-covering; `reverse`: KL(S||T), mode-seeking (a
+    small student stops spreading mass over what it cannot model); `jsd`: GKD's generalised
+    Jensen-Shannon, beta KL(T||M) + (1-beta) KL(S||M) with M = beta T + (1-beta) S."""
     mask = speech_positions(labels)
     ids = speech_ids.to(student_logits.device)
-    s = student_logits[:, :-1][mask][:, ids].float() / temperature
-    t = teacher_logits[:, :-1][mask][:, ids].float() / temperature
-    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
-    return kl * temperature**2
+    s = F.log_softmax(student_logits[:, :-1][mask][:, ids].float() / temperature, -1)
+    t = F.log_softmax(teacher_logits[:, :-1][mask][:, ids].float() / temperature, -1)
+    kl = partial(F.kl_div, log_target=True, reduction="batchmean")  # kl(log q, log p) = KL(p||q)
+    if kind == "forward":
+        d = kl(s, t)
+    elif kind == "reverse":
+        d = kl(t, s)
+    elif kind == "jsd":
+        if not 0 < beta < 1:
+            raise ValueError(f"jsd beta {beta}: use a value strictly between 0 and 1")
+        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), 0)
+        d = beta * kl(m, t) + (1 - beta) * kl(m, s)
+    else:
+        raise ValueError(f"kl kind {kind!r}: use 'forward', 'reverse' or 'jsd'")
+    return d * temperature**2
 
 
 def speech_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from orchestrator.hub import MissingPiece, load_pretrained, require_file
-from orchestrator.world import Sample
+from orchestrator.world import Sample, speech_codes
 
 SPEECH_TOKEN_SIZE = 6561  # CosyVoice 2's FSQ codes (3^8)
 BLANK = "CosyVoice-BlankEN"  # the Qwen2 config, tokenizer and weights beside llm.pt
@@ -264,14 +264,7 @@ class CosyVoice2Family:
         return ids, [-100] * start + ids[start:]
 
     def codes_of(self, generated_ids: Sequence[int]) -> list[int]:
-        codes = []
-        for t in generated_ids:
-            t = int(t)
-            if t == self.end_id:
-                break
-            if 0 <= t < self.speech_token_size:  # fill tokens and anything else are skipped
-                codes.append(t)
-        return codes
+        return speech_codes(generated_ids, self.end_id, 0, self.speech_token_size)  # fill tokens skipped
 
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
         """A CosyVoice2-0.5B-style directory (llm.pt + CosyVoice-BlankEN) or a `save_pretrained` one."""

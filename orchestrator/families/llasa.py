@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestrator.hub import MissingPiece, load_pretrained
 from orchestrator.mini.family import SPECIAL_TOKENS
-from orchestrator.world import Sample
+from orchestrator.world import Sample, speech_codes
 
 TEXT_VOCAB = 128_256  # Llama 3's text tokens; LLaSA's special tokens follow
 N_CODES = 65_536  # X-Codec2: one FSQ codebook
@@ -63,14 +63,7 @@ class LlasaFamily:
         return ids, [-100] * start + ids[start:]  # loss on the speech span only, as LLaSA was trained
 
     def codes_of(self, generated_ids: Sequence[int]) -> list[int]:
-        codes = []
-        for t in generated_ids:
-            t = int(t)
-            if t == self.end_id:
-                break
-            if self.speech_offset <= t < self.speech_offset + self.n_codes:
-                codes.append(t - self.speech_offset)
-        return codes
+        return speech_codes(generated_ids, self.end_id, self.speech_offset, self.n_codes)
 
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
         kwargs.setdefault("dtype", self.dtype)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM
 
-from orchestrator.world import Sample
+from orchestrator.world import Sample, speech_codes
 
 SPECIAL_TOKENS = (
     "TEXT_GENERATION_START",
@@ -65,14 +65,7 @@ class MiniFamily:
         return ids, labels
 
     def codes_of(self, generated_ids: Sequence[int]) -> list[int]:
-        codes = []
-        for t in generated_ids:
-            t = int(t)
-            if t == self.end_id:
-                break
-            if self.speech_offset <= t < self.vocab_size:
-                codes.append(t - self.speech_offset)
-        return codes
+        return speech_codes(generated_ids, self.end_id, self.speech_offset, self.n_codes)
 
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
         kwargs.setdefault("dtype", torch.float32)  # tiny model: train and run it in fp32 everywhere

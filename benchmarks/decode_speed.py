@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
 from orchestrator.evaluate.metrics import PeakMemory
 from orchestrator.prune.surgery import drop_layers
@@ -80,7 +80,7 @@ def timed_generate(model, batch: int, prompt: int, new: int, device: torch.devic
                        do_sample=False, pad_token_id=0, eos_token_id=None)
         sync(device)
         seconds = time.perf_counter() - start
-    return new / seconds, mem.peak_bytes / 2**30
+    return new / seconds, mem.model_bytes(model) / 2**30  # the models measured together: each its own share
 
 
 def run_shape(name: str, depths: list[float], batches: list[int], prompt: int, new: int, repeats: int,

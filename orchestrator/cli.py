@@ -180,17 +180,19 @@ def cmd_evaluate(cfg: Config, args) -> int:
     if not len(items):
         raise ConfigError(f"the {world.name} world has no {args.split} items: set world.real.{args.split}_list "
                           "to a Seed-TTS-eval meta.lst")
+    n_shards = min(args.shards, cfg.evaluate.n_items, len(items))
+    model_path = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else args.model
     name = Path(args.model).name if args.model else "teacher"
     # the same model, list and settings resume the same file; anything else gets its own
     key = json.dumps([args.model or cfg.world.teacher.path, args.split, cfg.evaluate.model_dump(),
                       cfg.world.model_dump()], sort_keys=True)
-    out = Path(cfg.output_dir) / "evaluations"
+    out = Path(cfg.output_dir).resolve() / "evaluations"  # Ray tasks may run in another directory
     stem = out / f"{name}-{args.split}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    if args.shards > 1:
+    if n_shards > 1:
         from orchestrator.distributed.evaluate import evaluate_sharded
 
         with _ray(args):
-            result = evaluate_sharded(cfg, args.model, args.split, args.shards, stem, world.codec.token_rate)
+            result = evaluate_sharded(cfg, model_path, args.split, n_shards, stem, world.codec.token_rate)
     else:
         device = pick_device(cfg)
         model = load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device,
@@ -228,6 +230,10 @@ def _ray(args):
                  log_to_driver=not args.quiet)
     try:
         yield
+    except ray.exceptions.RayTaskError as e:  # a missing piece met inside a task: its message, not Ray's trace
+        if isinstance(e.cause, ConfigError):
+            raise e.cause from None
+        raise
     finally:
         if started:
             ray.shutdown()

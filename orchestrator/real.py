@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from orchestrator.config import Config
-from orchestrator.data.shards import read_index, read_shards, speaker_pairs
+from orchestrator.data.shards import ShardPairs
 from orchestrator.evaluate.seedtts import SeedTTSItems
 from orchestrator.world import World
 
@@ -28,6 +28,8 @@ class Lazy:
         self._make, self._obj, self._known = make, None, known
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_make", "_obj", "_known"):  # copy/pickle probe before __init__
+            raise AttributeError(name)
         if name in self._known:
             return self._known[name]
         if self._obj is None:
@@ -52,6 +54,18 @@ def speech_encoder(cfg: Config, device: str | torch.device):
     return S3Tokenizer(onnx if onnx.is_file() else MODEL, device)
 
 
+def check_speech_encoder(cfg: Config) -> None:
+    """The training-data encoder can be loaded (cheap: a config or an import, no weights)."""
+    from orchestrator.hub import load_pretrained, require
+
+    if cfg.world.name == "llasa":
+        from transformers import Xcodec2Config
+
+        load_pretrained(Xcodec2Config.from_pretrained, cfg.world.real.codec, "the X-Codec2 codec", "world.real.codec")
+    else:
+        require("s3tokenizer", "pip install s3tokenizer", "CosyVoice 2 training data (speech tokens)")
+
+
 def _codec(cfg: Config, device: str):
     if cfg.world.name == "llasa":
         return speech_encoder(cfg, device)
@@ -73,15 +87,13 @@ def build_real_world(cfg: Config) -> World:
     else:
         from orchestrator.families.cosyvoice2 import CosyVoice2Family
 
-        family = CosyVoice2Family.from_dir(cfg.world.teacher.path)
+        family = CosyVoice2Family.from_dir(cfg.world.teacher.path, dtype=model_dtype(cfg))
     codec = Lazy(lambda: _codec(cfg, device), token_rate=TOKEN_RATES[name])
     asr = Lazy(lambda: WhisperASR.from_pretrained(r.asr, device=device, dtype=model_dtype(cfg), language=r.language,
                                                   batch_size=r.asr_batch_size))
     verifier = Lazy(lambda: WavLMVerifier.from_pretrained(r.verifier, device=device))
-    # no shards yet (scoring and evaluation need none): training asks for them by name
-    pairs = speaker_pairs(read_shards(r.shards)) if read_index(r.shards) else []
     return World(
-        name=name, family=family, codec=codec, asr=asr, verifier=verifier, train_pairs=pairs,
+        name=name, family=family, codec=codec, asr=asr, verifier=verifier, train_pairs=ShardPairs(r.shards),
         dev_items=SeedTTSItems(r.dev_list, codec) if r.dev_list else [],
         test_items=SeedTTSItems(r.test_list, codec) if r.test_list else [], language=r.language,
     )

@@ -21,12 +21,12 @@ TEXT_VOCAB = 100
 H, MLP, KV = 32, 64, 16  # KV: 2 kv heads x head dim 8
 
 
-def tiny_lm(layers: int = 4, seed: int = 0) -> CosyVoice2LM:
+def tiny_lm(layers: int = 4, seed: int = 0, speech_token_size: int = S) -> CosyVoice2LM:
     torch.manual_seed(seed)
     cfg = CosyVoice2LMConfig(vocab_size=TEXT_VOCAB, hidden_size=H, intermediate_size=MLP, num_hidden_layers=layers,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                              tie_word_embeddings=True, rope_theta=1e6, bos_token_id=99, eos_token_id=99,
-                             speech_token_size=S)
+                             speech_token_size=speech_token_size)
     return CosyVoice2LM(cfg).eval()
 
 

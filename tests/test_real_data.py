@@ -114,17 +114,44 @@ def test_evaluation_resumes_where_a_stopped_run_left_off(tiny_cfg, tmp_path, mon
     world = build_world(tiny_cfg)
     teacher, _ = load_teacher(tiny_cfg, world, pick_device(tiny_cfg), progress=False)
     items = world.test_items[:8]
+    ev = tiny_cfg.evaluate.model_copy(update={"batch_size": 4})
     results = tmp_path / "eval.jsonl"
-    full = synthesis.evaluate_model(teacher, world, items, tiny_cfg.evaluate, results=results)
+    full = synthesis.evaluate_model(teacher, world, items, ev, results=results)
     lines = results.read_text().splitlines()
     assert [json.loads(x)["name"] for x in lines] == [it.name for it in items]
 
-    results.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # stopped mid-write after 3 items
+    results.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])  # stopped while writing the second batch
     seen = []
     real = synthesis.synthesize
     monkeypatch.setattr(synthesis, "synthesize", lambda m, f, its, *a, **k: seen.extend(its) or real(m, f, its, *a, **k))
-    again = synthesis.evaluate_model(teacher, world, items, tiny_cfg.evaluate, results=results)
-    assert [it.name for it in seen] == [it.name for it in items[3:]]  # only the unscored ones
+    again = synthesis.evaluate_model(teacher, world, items, ev, results=results)
+    assert [it.name for it in seen] == [it.name for it in items[4:]]  # the first batch was complete: skipped
     assert [r["name"] for r in again.items] == [it.name for it in items]
-    assert again.items[:3] == full.items[:3]
-    assert again.wer == pytest.approx(sum(r["wer"] for r in again.items) / 8)
+    same = ("name", "hypothesis", "wer", "sim", "codes")
+    assert [{k: r[k] for k in same} for r in again.items] == [{k: r[k] for k in same} for r in full.items]  # same draws
+    assert again.wer == pytest.approx(full.wer)
+
+
+def test_wli_refuses_a_world_without_audio(tiny_cfg, monkeypatch):
+    from orchestrator.builders import build_world, load_teacher, pick_device, scoring_context
+    from orchestrator.prune.importance import wer_without
+
+    world = build_world(tiny_cfg)
+    teacher, _ = load_teacher(tiny_cfg, world, pick_device(tiny_cfg), progress=False)
+    monkeypatch.setattr(world.codec, "decode", lambda codes, prompt=None: None)  # a codec with no decoder here
+    with pytest.raises(ConfigError, match="block_influence, angular or loss_delta"):
+        wer_without(teacher, scoring_context(tiny_cfg, world, 1), [0])
+
+
+def test_lazy_parts_copy_and_pickle_without_building():
+    import copy
+    import pickle
+
+    from orchestrator.real import Lazy
+
+    built = []
+    lazy = Lazy(lambda: built.append(1) or "x", token_rate=50.0)
+    assert lazy.token_rate == 50.0 and built == []
+    assert copy.copy(lazy).token_rate == 50.0 and built == []
+    assert pickle.loads(pickle.dumps(Lazy(str, token_rate=25.0))).token_rate == 25.0
+    assert lazy.upper() == "X" and built == [1]

@@ -18,6 +18,7 @@ from tiny_speech import tiny_wavlm, tiny_whisper, tiny_xcodec2  # noqa: E402
 
 from orchestrator.cli import main  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
+from orchestrator.data.shards import shard_name  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +105,17 @@ def test_shards_with_ray_data_then_prune_and_distil_from_them(llasa_setup, capsy
     assert len(rows[5]["codes"]) == int(16000 * 0.55) // 320 + 1
     assert main(["shards", *args]) == 0  # made once: the second run finds them
     assert "already holds these 6 utterances" in capsys.readouterr().out
+    # a run stopped after its first shard: started again, it encodes only the rest
+    first = (root / "shards" / shard_name(0)).stat().st_mtime_ns
+    (root / "shards" / "digest").write_text(index["digest"])
+    (root / "shards" / "index.json").unlink()
+    (root / "shards" / shard_name(1)).unlink()
+    assert main(["shards", *args]) == 0
+    assert "(1 already done)" in capsys.readouterr().out
+    assert (root / "shards" / shard_name(0)).stat().st_mtime_ns == first
+    again = [json.loads(x) for f in sorted((root / "shards").glob("shard-*.jsonl")) for x in f.read_text().splitlines()]
+    assert again == rows and json.loads((root / "shards" / "index.json").read_text()) == index
+    assert not (root / "shards" / "digest").exists()
 
     cfg = load_config("configs/mini.yaml", overrides)
     world = build_world(cfg)
@@ -142,17 +154,28 @@ def test_missing_pieces_are_named_with_what_to_do(llasa_setup, tmp_path, capsys)
     cv = ["world.name=cosyvoice2", f"world.teacher.path={tmp_path / 'CosyVoice2-0.5B'}", f"output_dir={tmp_path}"]
     assert main(["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in cv), [])]) == 2
     assert "FunAudioLLM/CosyVoice2-0.5B" in capsys.readouterr().err
+    from test_cosyvoice2 import tiny_lm, tokenizer
+
+    from orchestrator.families.cosyvoice2 import BLANK, save_cosyvoice_llm
+
+    folder = save_cosyvoice_llm(tiny_lm(2, speech_token_size=6561), tmp_path / "CosyVoice2-0.5B")
+    tokenizer().save_pretrained(folder / BLANK)
+    cv += [f"world.real.codec={folder}", f"world.real.test_list={root / 'seedtts' / 'meta.lst'}"]
+    assert main(["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in cv), [])]) == 2
+    assert "pip install s3tokenizer" in capsys.readouterr().err  # prompts need CosyVoice's speech tokenizer
 
 
 def test_evaluation_sharded_over_ray_tasks(llasa_setup, capsys):
     root, overrides = llasa_setup
-    args = ["evaluate", "--config", "configs/mini.yaml", "--quiet", "--shards", "2",
-            *sum((["--set", o] for o in overrides), [])]
-    assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out)
-    shard_files = sorted((root / "runs" / "evaluations").glob("teacher-test-*.shard*of2.jsonl"))
-    names = [[json.loads(x)["name"] for x in f.read_text().splitlines()] for f in shard_files]
-    assert names == [["item0", "item2"], ["item1"]]  # item i goes to shard i mod 2
+    for shards, expected in ((2, [["item0", "item2"], ["item1"]]), (5, [["item0"], ["item1"], ["item2"]])):
+        args = ["evaluate", "--config", "configs/mini.yaml", "--quiet", "--shards", str(shards),
+                *sum((["--set", o] for o in overrides), [])]
+        assert main(args) == 0  # 5 shards of 3 items: 3 tasks
+        summary = json.loads(capsys.readouterr().out)
+        n = len(expected)
+        shard_files = sorted((root / "runs" / "evaluations").glob(f"teacher-test-*.shard*of{n}.jsonl"))
+        names = [[json.loads(x)["name"] for x in f.read_text().splitlines()] for f in shard_files]
+        assert names == expected  # item i goes to shard i mod n
     report = json.loads((root / "runs" / "evaluations" / "teacher-test.json").read_text())
     assert [r["name"] for r in report["items"]] == ["item0", "item1", "item2"]
     assert summary["wer"] == pytest.approx(np.mean([r["wer"] for r in report["items"]]))

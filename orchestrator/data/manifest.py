@@ -14,7 +14,7 @@ FIELDS = ("audio", "text", "speaker")
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    p = Path(path)
+    p = Path(path).resolve()  # audio paths must mean the same on every node
     if not p.is_file():
         raise ConfigError(f"world.real.train_manifest: {p} does not exist; write a JSONL file with one "
                           f'{{"audio": ..., "text": ..., "speaker": ...}} object per line')

@@ -78,3 +78,23 @@ def speaker_pairs(samples: Sequence[Sample]) -> list[tuple[Sample, Sample]]:
             prompt_of.update({i: same[(k + 1) % len(same)] for k, i in enumerate(same)})
     # in the manifest's order, so a budget that takes the first pairs takes every speaker
     return [(samples[prompt_of[i]], samples[i]) for i in range(len(samples)) if i in prompt_of]
+
+
+class ShardPairs(Sequence[tuple[Sample, Sample]]):
+    """`speaker_pairs` of a shard folder, read on first use: every Ray worker builds the world,
+    and those that only score or evaluate never read the shards. No finished shards: no pairs."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = folder
+        self._pairs: list[tuple[Sample, Sample]] | None = None
+
+    def _all(self) -> list[tuple[Sample, Sample]]:
+        if self._pairs is None:
+            self._pairs = speaker_pairs(read_shards(self.folder)) if read_index(self.folder) else []
+        return self._pairs
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, i):
+        return self._all()[i]

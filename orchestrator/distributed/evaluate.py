@@ -24,7 +24,8 @@ def _evaluate_shard(cfg_dict: dict, model_path: str | None, split: str, shard: i
     world = build_world(cfg)
     device = pick_device(cfg)
     model = load_model(world, model_path, device) if model_path else load_teacher(cfg, world, device, False)[0]
-    items = (world.test_items if split == "test" else world.dev_items)[: cfg.evaluate.n_items][shard::n_shards]
+    every = world.test_items if split == "test" else world.dev_items
+    items = [every[i] for i in range(min(cfg.evaluate.n_items, len(every)))[shard::n_shards]]  # encodes only these
     e = evaluate_model(model, world, items, cfg.evaluate, results=results)
     return e.items, len(decoder_layers(model)), count_parameters(model)
 

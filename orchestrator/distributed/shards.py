@@ -18,6 +18,7 @@ import ray.data
 from orchestrator.config import Config, ConfigError
 from orchestrator.data.manifest import read_manifest
 from orchestrator.data.shards import manifest_digest, read_index, shard_name, write_index, write_shard
+from orchestrator.real import check_speech_encoder
 
 
 class _Encoder:
@@ -45,7 +46,8 @@ def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
         raise ConfigError("world.real.train_manifest is not set: give the JSONL manifest of the training recordings")
     rows = read_manifest(r.train_manifest)  # every line checked before anything is encoded
     out = Path(r.shards)
-    digest = manifest_digest(rows, r.codec if cfg.world.name == "llasa" else f"s3:{cfg.world.teacher.path}")
+    codec = r.codec if cfg.world.name == "llasa" else f"s3:{cfg.world.teacher.path}"
+    digest = manifest_digest(rows, f"{codec}|{r.shard_size}")  # a new shard size never mixes with old shards
     index = read_index(out)
     if index and index["digest"] == digest:
         log(f"shards: {out} already holds these {len(rows)} utterances ({index['shards']} shards)")
@@ -56,6 +58,7 @@ def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
     if out.exists() and any(out.iterdir()) and not (marker.is_file() and marker.read_text() == digest):
         raise ConfigError(f"world.real.shards: {out} is not empty and not a shard folder of this manifest; "
                           "choose a new folder")
+    check_speech_encoder(cfg)  # a missing codec is named here, not in a Ray actor's traceback
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(digest)
     n_shards = math.ceil(len(rows) / r.shard_size)
@@ -80,7 +83,7 @@ def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
                 shard, current = [], current + 1
         if shard:
             write_shard(out / shard_name(current), shard)
-    write_index(out, digest, r.codec, n_shards, len(rows))
+    write_index(out, digest, codec, n_shards, len(rows))
     marker.unlink()
     log(f"shards: done, {out}")
     return out

@@ -33,23 +33,31 @@ def utterance_wer(reference: str, hypothesis: str, lang: str = "en") -> float:
 
 class PeakMemory:
     """Peak memory during a block: CUDA allocator peak when on a GPU, else process RSS
-    sampled every few milliseconds."""
+    sampled every few milliseconds. `model_bytes(model)` is one model's share: its weights
+    plus what the block added (KV cache, activations), leaving out whatever else the process
+    holds (a teacher beside its student, the codec, the ASR)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_bytes = 0
+        self.start_bytes = 0  # what was already held when the block began (other models, ...)
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
         else:
             self._stop = threading.Event()
             self._proc = psutil.Process()
-            self.peak_bytes = self._proc.memory_info().rss
+            self.peak_bytes = self.start_bytes = self._proc.memory_info().rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
+
+    def model_bytes(self, model: torch.nn.Module) -> int:
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return weights + max(0, self.peak_bytes - self.start_bytes)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.005):

@@ -25,7 +25,7 @@ class Evaluation:
     params: int
     rtf: float  # synthesis seconds per second of audio
     tokens_per_s: float
-    peak_mem_mb: float
+    peak_mem_mb: float  # the model's weights + what synthesis added (other models in the process left out)
     items: list[dict]
 
     def summary(self) -> dict[str, float]:
@@ -75,16 +75,20 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
     """Synthesize, transcribe and compare each item, a batch at a time.
 
     `results`: a JSONL file that receives each batch's rows as soon as they are scored; a
-    run started again with the same file skips the items it already holds.
+    run started again with the same file skips the batches it already holds.
     """
     device = next(model.parameters()).device
     path = Path(results) if results else None
     done = read_results(path) if path else {}
-    todo = [it for it in items if it.name not in done]
-    rows = [done[it.name] for it in items if it.name in done]
-    batches = range(0, len(todo), cfg.batch_size)
-    for b, start in enumerate(tqdm(batches, desc="evaluate", disable=not progress, leave=False)):
-        chunk = todo[start:start + cfg.batch_size]
+    rows: list[dict] = []
+    starts = range(0, len(items), cfg.batch_size)
+    for b, start in enumerate(tqdm(starts, desc="evaluate", disable=not progress, leave=False)):
+        chunk = items[start:start + cfg.batch_size]
+        if all(it.name in done for it in chunk):
+            rows += [done[it.name] for it in chunk]
+            continue
+        # a batch is scored whole, with seed cfg.seed + b: a resumed run draws what an uninterrupted
+        # one would (a batch cut short by a crash is scored again; its newer rows win on reading)
         with PeakMemory(device) as mem, Stopwatch() as clock:
             codes = synthesize(model, world.family, chunk, cfg, first_batch=b)
         audios = [world.codec.decode(c, it.prompt_audio or None) if c else None for c, it in zip(codes, chunk)]
@@ -102,14 +106,12 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
             elif c:  # codes but no audio: this codec has no decoder here (token-level metrics only)
                 row["wer"] = row["sim"] = float("nan")
             new.append({**row, "n_codes": len(c), "synth_s": clock.seconds * len(c) / n_chunk,
-                        "peak_mem_mb": mem.peak_bytes / 2**20, "codes": list(c)})
+                        "peak_mem_mb": mem.model_bytes(model) / 2**20, "codes": list(c)})
         rows += new
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)
-    order = {it.name: k for k, it in enumerate(items)}
-    rows.sort(key=lambda r: order[r["name"]])
     return summarize(rows, len(decoder_layers(model)), count_parameters(model), world.codec.token_rate)
 
 

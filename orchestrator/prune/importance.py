@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from orchestrator.config import EvalConfig
+from orchestrator.config import ConfigError, EvalConfig
 from orchestrator.distill.data import collate
 from orchestrator.distill.losses import speech_ce
 from orchestrator.evaluate.synthesis import evaluate_model
@@ -66,7 +66,12 @@ def _n_layers(model: nn.Module) -> int:
 def wer_without(model: nn.Module, ctx: ScoringContext, layers: Sequence[int] = ()) -> float:
     """WER on the held-out items with `layers` removed (none: the full model)."""
     with layers_removed(model, layers):
-        return evaluate_model(model, ctx.world, ctx.world.dev_items[: ctx.n_items], ctx.eval_cfg).wer
+        wer = evaluate_model(model, ctx.world, ctx.world.dev_items[: ctx.n_items], ctx.eval_cfg).wer
+    if math.isnan(wer):
+        raise ConfigError("wli needs audio to transcribe, and this world's codec makes none here (CosyVoice 2 "
+                          "without CosyVoice's code on PYTHONPATH); install it, or use a scorer that needs no "
+                          "audio: block_influence, angular or loss_delta")
+    return wer
 
 
 def wli_from_wers(full_wer: float, wer_without_layer: Sequence[float], n_items: int) -> LayerScores:

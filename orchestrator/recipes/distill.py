@@ -105,7 +105,9 @@ def prepare_distill(cfg: Config, world: World, teacher: nn.Module, teacher_token
     spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id)
     if spec.needs_attention:  # attention maps are only returned by the eager implementation
         teacher.set_attn_implementation("eager")
-    student = drop_layers(teacher, drop=drop)
+    # fp32 weights for the optimizer (a bf16 teacher's copy would round small updates away);
+    # autocast still computes in bf16 on a GPU
+    student = drop_layers(teacher, drop=drop).float()
     for p in student.parameters():
         p.requires_grad_(True)
     if wrap is not None:

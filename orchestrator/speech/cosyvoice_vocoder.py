@@ -38,7 +38,14 @@ class CosyVoiceVocoder:
         CosyVoice's `frontend_zero_shot` takes (a (1, T) 16 kHz tensor in CosyVoice 2.0, a wav
         path in later releases)."""
         cv = self.cosyvoice
-        ref = cv.frontend.frontend_zero_shot("", "", prompt, cv.sample_rate, "")
+        zero_shot = cv.frontend.frontend_zero_shot
+        params = list(inspect.signature(zero_shot).parameters)
+        if "prompt_speech_16k" in params:  # CosyVoice 2.0: a (1, T) 16 kHz tensor
+            from orchestrator.speech.audio import as_waveform
+
+            prompt = as_waveform(prompt).unsqueeze(0)
+        args = ["", "", prompt, cv.sample_rate] + ([""] if "zero_shot_spk_id" in params else [])
+        ref = zero_shot(*args)
         model, key = cv.model, str(uuid.uuid1())
         model.hift_cache_dict[key] = None  # the per-utterance state `tts()` would set up
         if hasattr(model, "init_flow_cache"):  # CosyVoice 2.0's cached-flow variant

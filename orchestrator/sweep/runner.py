@@ -226,6 +226,9 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
         tracking.finish_run(uri, run)
         baseline_file.write_text(json.dumps(baseline, indent=2))
     log(f"      teacher: {n_layers} layers, WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
+    if math.isnan(baseline["wer"]):
+        raise ConfigError("the teacher's WER is NaN: this world's codec makes no audio here (CosyVoice 2 without "
+                          "CosyVoice's code on PYTHONPATH), so a sweep cannot compare students; install it")
 
     log("[2/5] layer choices of each scorer (once for the whole sweep)")
     plans_file = base / "plans.json"

@@ -283,3 +283,15 @@ def test_a_saved_student_carries_the_cosyvoice_format(teacher_dir, tmp_path):
     again = family.load_model(str(tmp_path / "student"))  # the save_pretrained copy
     for k, v in student.state_dict().items():
         assert torch.equal(v, native.state_dict()[k]) and torch.equal(v, again.state_dict()[k])
+
+
+def test_prune_command_on_a_cosyvoice_folder_writes_cosyvoice_layout(teacher_dir, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    out = tmp_path / "lite"
+    assert main(["prune", "--model", str(teacher_dir), "--drop", "1,2", "--out", str(out)]) == 0
+    assert "kept layers [0, 3] of 4" in capsys.readouterr().out
+    assert shapes_of(torch.load(out / "llm.pt", weights_only=True)) == expected_shapes(2)
+    assert json.loads((out / BLANK / "config.json").read_text())["num_hidden_layers"] == 2
+    assert main(["prune", "--model", str(teacher_dir), "--drop", "0,1,2,3", "--out", str(tmp_path / "x")]) == 2
+    assert "remove all 4 layers" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -3,7 +3,9 @@ reduced mini world, MLflow in a local sqlite file; then the same command resumes
 finished sweep without re-running a trial; and a trial bigger than the cluster is refused."""
 import csv
 import json
+from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY_WORLD, free_port
@@ -44,6 +46,9 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
     assert roles == ["baseline", "sweep", "trial", "trial"]
     trial = next(r for r in runs if r.data.tags["prun_tts.role"] == "trial")
     assert trial.data.metrics["teacher_cache_hits"] > 0  # off-policy steps were served from the cache
+    budget = json.loads(Path(client.download_artifacts(trial.info.run_id, "budget.json", str(tmp_path))).read_text())
+    assert trial.data.metrics["data_pairs"] == budget["pairs"] > 0  # the data budget, logged with the run
+    assert trial.data.metrics["data_hours"] == pytest.approx(budget["hours"]) and budget["hours"] > 0
     history = client.get_metric_history(trial.info.run_id, "train/loss")
     assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 2
 

@@ -71,6 +71,8 @@ def _evaluate_and_save(cfg, world, teacher, student, source, run, config, files:
     ev = evaluate_model(student, world, test, cfg.evaluate)
     speed = speedup(teacher, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
     final = trial_metrics(ev, speed, config["baseline"])
+    # the data budget, beside the quality it bought
+    final.update(data_pairs=run.budget.pairs, data_hours=run.budget.hours, data_tokens=run.budget.unique_tokens)
     if isinstance(source, TeacherCache):
         final["teacher_cache_hits"] = source.served
     save_student(world, student, files / "student")
@@ -141,4 +143,4 @@ def run_trial(config: dict, sweep: dict) -> None:
 
 
 CONTRACT_METRICS = ("wer", "sim", "n_layers", "params_m", "rtf", "speedup", "wer_delta", "sim_delta", "peak_mem_mb",
-                    "teacher_cache_hits")
+                    "teacher_cache_hits", "data_pairs", "data_hours", "data_tokens")

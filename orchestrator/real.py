@@ -51,7 +51,7 @@ def speech_encoder(cfg: Config, device: str | torch.device):
     from orchestrator.speech.s3tokens import MODEL, S3Tokenizer
 
     onnx = Path(cfg.world.teacher.path) / "speech_tokenizer_v2.onnx"  # shipped with CosyVoice2-0.5B
-    return S3Tokenizer(onnx if onnx.is_file() else MODEL, device)
+    return S3Tokenizer.from_pretrained(onnx if onnx.is_file() else MODEL, device)
 
 
 def check_speech_encoder(cfg: Config) -> None:
@@ -63,7 +63,9 @@ def check_speech_encoder(cfg: Config) -> None:
 
         load_pretrained(Xcodec2Config.from_pretrained, cfg.world.real.codec, "the X-Codec2 codec", "world.real.codec")
     else:
-        require("s3tokenizer", "pip install s3tokenizer", "CosyVoice 2 training data (speech tokens)")
+        from orchestrator.speech.s3tokens import INSTALL
+
+        require("s3tokenizer", INSTALL, "CosyVoice 2 speech tokens")
 
 
 def _codec(cfg: Config, device: str):

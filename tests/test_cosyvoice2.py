@@ -260,9 +260,11 @@ def test_missing_pieces_say_what_to_get(tmp_path, monkeypatch):
     from orchestrator.speech.cosyvoice_vocoder import CosyVoiceVocoder
     from orchestrator.speech.s3tokens import S3Tokenizer
 
+    with pytest.raises(MissingPiece, match="speech_tokenizer_v2.onnx"):  # offline: no download of the weights
+        S3Tokenizer.from_pretrained(tmp_path / "speech_tokenizer_v2.onnx")
     monkeypatch.setitem(sys.modules, "s3tokenizer", None)  # as if not installed, whatever this machine has
     with pytest.raises(MissingPiece, match="pip install s3tokenizer"):
-        S3Tokenizer()
+        S3Tokenizer.from_pretrained()
     monkeypatch.setitem(sys.modules, "cosyvoice", None)
     with pytest.raises(MissingPiece, match=r"github\.com/FunAudioLLM/CosyVoice.*Matcha-TTS.*PYTHONPATH"):
         CosyVoiceVocoder(tmp_path)
@@ -295,3 +297,27 @@ def test_prune_command_on_a_cosyvoice_folder_writes_cosyvoice_layout(teacher_dir
     assert json.loads((out / BLANK / "config.json").read_text())["num_hidden_layers"] == 2
     assert main(["prune", "--model", str(teacher_dir), "--drop", "0,1,2,3", "--out", str(tmp_path / "x")]) == 2
     assert "remove all 4 layers" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def tiny_s3_tokenizer():
+    """s3tokenizer's CosyVoice 2 model class with tiny random weights (the real one loads from ONNX)."""
+    from s3tokenizer.model_v2 import ModelConfig, S3TokenizerV2
+
+    from orchestrator.speech.s3tokens import S3Tokenizer
+
+    torch.manual_seed(0)
+    return S3Tokenizer(S3TokenizerV2("speech_tokenizer_v2_25hz", ModelConfig(n_audio_state=128, n_audio_head=2,
+                                                                              n_audio_layer=1)))
+
+
+def test_s3_tokens_of_audio_at_25_per_second(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    tok = tiny_s3_tokenizer()
+    wav = torch.sin(torch.arange(32000) / 16000 * 2 * torch.pi * 220) * 0.3
+    codes = tok.encode(wav)  # 2 s of audio
+    assert len(codes) == 50 and all(isinstance(c, int) and 0 <= c < 6561 for c in codes)
+    sf.write(tmp_path / "a.wav", wav.numpy().astype(np.float32), 16000)
+    assert tok.encode(str(tmp_path / "a.wav")) == codes  # a path and the waveform agree
+    assert tok.encode_batch([wav[:16000], wav]) == [tok.encode(wav[:16000]), codes]

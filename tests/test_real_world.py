@@ -162,7 +162,35 @@ def test_missing_pieces_are_named_with_what_to_do(llasa_setup, tmp_path, capsys)
     tokenizer().save_pretrained(folder / BLANK)
     cv += [f"world.real.codec={folder}", f"world.real.test_list={root / 'seedtts' / 'meta.lst'}"]
     assert main(["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in cv), [])]) == 2
-    assert "pip install s3tokenizer" in capsys.readouterr().err  # prompts need CosyVoice's speech tokenizer
+    err = capsys.readouterr().err  # prompts need CosyVoice's speech tokenizer, whose weights are not here
+    assert "S3 speech tokenizer" in err and "speech_tokenizer_v2.onnx" in err
+
+
+def test_cosyvoice2_world_without_cosyvoice_code_reports_token_level_metrics(llasa_setup, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Prompt audio -> S3 tokens -> CosyVoice 2 LLM prompt -> generate; no CosyVoice code to make
+    audio here, so WER and SIM are NaN, the speech tokens and speed are reported, and it says so."""
+    from test_cosyvoice2 import tiny_lm, tiny_s3_tokenizer, tokenizer
+
+    from orchestrator.families.cosyvoice2 import BLANK, save_cosyvoice_llm
+    from orchestrator.speech.s3tokens import S3Tokenizer
+
+    root, _ = llasa_setup
+    model = tiny_lm(2, speech_token_size=6561)
+    with torch.no_grad():
+        model.llm_decoder.bias[6561:] = -1e4  # a random LLM that does not stop at once
+    folder = save_cosyvoice_llm(model, tmp_path / "CosyVoice2-0.5B")
+    tokenizer().save_pretrained(folder / BLANK)
+    monkeypatch.setattr(S3Tokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: tiny_s3_tokenizer()))
+    cv = ["world.name=cosyvoice2", f"world.teacher.path={folder}", f"world.real.codec={folder}",
+          f"world.real.test_list={root / 'seedtts' / 'meta.lst'}", "world.real.dtype=float32", "evaluate.n_items=3",
+          "evaluate.batch_size=3", "evaluate.max_new_tokens=10", f"output_dir={tmp_path / 'runs'}", "device=cpu"]
+    assert main(["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in cv), [])]) == 0
+    out = capsys.readouterr()
+    assert "token-level metrics only" in out.err and "CosyVoice" in out.err
+    report = json.loads((tmp_path / "runs" / "evaluations" / "teacher-test.json").read_text())
+    assert all(r["n_codes"] == 10 and all(0 <= c < 6561 for c in r["codes"]) for r in report["items"])
+    assert np.isnan(report["wer"]) and np.isnan(report["sim"]) and report["tokens_per_s"] > 0
 
 
 def test_evaluation_sharded_over_ray_tasks(llasa_setup, capsys):

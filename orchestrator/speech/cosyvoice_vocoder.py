@@ -72,7 +72,7 @@ class CosyVoiceCodec:
         from orchestrator.speech.s3tokens import MODEL, S3Tokenizer
 
         onnx = Path(model_dir) / "speech_tokenizer_v2.onnx"  # the download's copy: no second download
-        self.tokenizer = S3Tokenizer(onnx if onnx.is_file() else MODEL, device)
+        self.tokenizer = S3Tokenizer.from_pretrained(onnx if onnx.is_file() else MODEL, device)
         try:
             self.vocoder: CosyVoiceVocoder | None = CosyVoiceVocoder(model_dir)
         except MissingPiece as e:

@@ -18,19 +18,26 @@ from orchestrator.speech.audio import as_waveform
 
 MODEL = "speech_tokenizer_v2_25hz"  # s3tokenizer's name for CosyVoice 2's tokenizer
 N_MELS = 128
+INSTALL = "pip install 'prun-tts[cosyvoice]' (or pip install s3tokenizer)"
 
 
 class S3Tokenizer:
     token_rate = 25.0  # codes per second of audio
     sample_rate = 16_000
 
-    def __init__(self, model: str | Path = MODEL, device: str | torch.device = "cpu"):
+    def __init__(self, model: torch.nn.Module):
+        """`model`: an s3tokenizer model (`from_pretrained` loads CosyVoice 2's)."""
+        self._s3 = require("s3tokenizer", INSTALL, "CosyVoice 2 speech tokens")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path = MODEL, device: str | torch.device = "cpu") -> "S3Tokenizer":
         """`model`: s3tokenizer's model name (downloaded on first use) or, offline, the path of
         `speech_tokenizer_v2.onnx` from a CosyVoice2-0.5B download."""
-        self._s3 = require("s3tokenizer", "pip install s3tokenizer", "CosyVoice 2 training data (speech tokens)")
-        self.device = torch.device(device)
+        s3 = require("s3tokenizer", INSTALL, "CosyVoice 2 speech tokens")
         try:
-            self.model = self._s3.load_model(str(model)).to(self.device).eval()
+            return cls(s3.load_model(str(model)).to(device))
         except (OSError, RuntimeError) as e:  # no network for the download, or no such file / name
             raise MissingPiece(f"cannot load the S3 speech tokenizer {str(model)!r} ({e}); pass the path of "
                                "speech_tokenizer_v2.onnx from `huggingface-cli download FunAudioLLM/CosyVoice2-0.5B`"

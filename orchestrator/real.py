@@ -104,7 +104,7 @@ def build_real_world(cfg: Config) -> World:
 def teacher_meta(cfg: Config) -> dict:
     """What is known of a real teacher's training: its hours of speech, as tokens."""
     return {"train_tokens": int(cfg.world.real.teacher_hours * 3600 * TOKEN_RATES[cfg.world.name]),
-            "digest": None, "path": cfg.world.teacher.path}
+            "digest": "", "path": cfg.world.teacher.path}
 
 
 def teacher_layers(path: str | Path) -> int:

@@ -155,3 +155,18 @@ def test_lazy_parts_copy_and_pickle_without_building():
     assert copy.copy(lazy).token_rate == 50.0 and built == []
     assert pickle.loads(pickle.dumps(Lazy(str, token_rate=25.0))).token_rate == 25.0
     assert lazy.upper() == "X" and built == [1]
+
+
+def test_several_passes_average_other_draws_of_the_same_items(tiny_cfg):
+    from orchestrator.builders import build_world, load_teacher, pick_device
+    from orchestrator.evaluate.synthesis import evaluate_model
+
+    world = build_world(tiny_cfg)
+    teacher, _ = load_teacher(tiny_cfg, world, pick_device(tiny_cfg), progress=False)
+    items = world.test_items[:8]
+    one = evaluate_model(teacher, world, items, tiny_cfg.evaluate)
+    two = evaluate_model(teacher, world, items, tiny_cfg.evaluate.model_copy(update={"passes": 2}))
+    assert [r["name"] for r in two.items] == [f"{it.name}#{p}" for p in (0, 1) for it in items]
+    assert [r["codes"] for r in two.items[:8]] == [r["codes"] for r in one.items]  # pass 0 = the single pass
+    assert [r["codes"] for r in two.items[8:]] != [r["codes"] for r in one.items]  # pass 1: other draws
+    assert two.wer == pytest.approx((one.wer + np.mean([r["wer"] for r in two.items[8:]])) / 2)

@@ -78,6 +78,8 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
     run started again with the same file skips the batches it already holds.
     """
     device = next(model.parameters()).device
+    if cfg.passes > 1:  # pass p: the same items under later seeds, named item#p
+        items = [dataclasses.replace(it, name=f"{it.name}#{p}") for p in range(cfg.passes) for it in items]
     path = Path(results) if results else None
     done = read_results(path) if path else {}
     rows: list[dict] = []

@@ -36,7 +36,7 @@ TINY_WORLD = [
     "world.teacher.layers=4", "world.teacher.hidden=32", "world.teacher.heads=2", "world.teacher.kv_heads=2",
     "world.teacher.mlp=64", "world.teacher.steps=3", "world.teacher.batch_size=8", "world.teacher.warmup=1",
     "score.n_items=8", "score.n_pairs=16", "score.batch_size=8",
-    "evaluate.n_items=8", "evaluate.batch_size=8", "evaluate.max_new_tokens=60",
+    "evaluate.n_items=8", "evaluate.batch_size=8", "evaluate.max_new_tokens=60", "evaluate.passes=1",
 ]
 
 

@@ -62,7 +62,7 @@ def llasa_setup(tmp_path_factory):
         f"world.real.train_manifest={root / 'data' / 'train.jsonl'}", f"world.real.shards={root / 'shards'}",
         "world.real.shard_size=4", f"world.real.dev_list={root / 'seedtts' / 'meta.lst'}",
         f"world.real.test_list={root / 'seedtts' / 'meta.lst'}",
-        "evaluate.n_items=3", "evaluate.batch_size=2", "evaluate.max_new_tokens=12",
+        "evaluate.n_items=3", "evaluate.batch_size=2", "evaluate.max_new_tokens=12", "evaluate.passes=1",
         "distill.data_hours=0.001", "distill.batch_size=2", "distill.epochs=1", "distill.on_policy=0",
         "distill.warmup=0", f"output_dir={root / 'runs'}", "device=cpu",
     ]

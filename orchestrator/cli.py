@@ -123,15 +123,13 @@ def cmd_prune(args) -> int:
 def _prune_cosyvoice(args, out: Path) -> int:
     """A CosyVoice2-0.5B folder (llm.pt + CosyVoice-BlankEN): the student in the same layout,
     for CosyVoice's own code to load in place of the original LLM."""
-    import json as _json
-
     from orchestrator.families.cosyvoice2 import BLANK, load_cosyvoice_llm, save_cosyvoice_llm
     from orchestrator.hub import require_file
     from orchestrator.prune.surgery import drop_layers, resolve_keep
 
     config = require_file(Path(args.model) / BLANK / "config.json", "the CosyVoice 2 LLM's config",
                           "pass a complete CosyVoice2-0.5B folder")
-    n = _json.loads(config.read_text())["num_hidden_layers"]
+    n = json.loads(config.read_text())["num_hidden_layers"]
     resolve_keep(n, args.keep, args.drop)  # refuse a bad set before loading any weights
     student = drop_layers(load_cosyvoice_llm(args.model), keep=args.keep, drop=args.drop)
     save_cosyvoice_llm(student, out, source_dir=args.model)

@@ -35,6 +35,7 @@ class _Encoder:
 
         codes = self.encoder.encode_batch([load_audio(p) for p in batch["audio"]])
         out = {k: batch[k] for k in ("id", "text", "speaker")}
+        # an object array of ragged code arrays (the trailing None stops numpy making a 2-D array)
         out["codes"] = np.array([np.asarray(c, dtype=np.int64) for c in codes] + [None], dtype=object)[:-1]
         return out
 

@@ -60,6 +60,8 @@ class RealWorldConfig(Section):
     asr_batch_size: int = Field(16, ge=1)
     verifier: str = Field("microsoft/wavlm-base-plus-sv", description="any WavLMForXVector checkpoint")
     language: Literal["en", "zh"] = "en"
+    prompt_join: str = Field("", description="llasa: put between prompt text and target text; the model card "
+                             "joins them with nothing (a space here departs from the card)")
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     train_manifest: str | None = Field(None, description="JSONL, one utterance a line: audio, text, speaker")
     shards: str = Field("data/shards", description="speech-token shards made from train_manifest by "

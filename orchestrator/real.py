@@ -85,7 +85,7 @@ def build_real_world(cfg: Config) -> World:
     if name == "llasa":
         from orchestrator.families.llasa import LlasaFamily
 
-        family = LlasaFamily.from_pretrained(cfg.world.teacher.path, model_dtype(cfg))
+        family = LlasaFamily.from_pretrained(cfg.world.teacher.path, model_dtype(cfg), prompt_join=r.prompt_join)
     else:
         from orchestrator.families.cosyvoice2 import CosyVoice2Family
 

@@ -20,7 +20,8 @@ def test_an_identity_layer_scores_zero(name, random_teacher, ctx):
     make_identity(random_teacher, 2)
     s = score_layers(name, random_teacher, ctx)
     assert len(s.scores) == 4
-    assert s.scores[2] == pytest.approx(0.0, abs=1e-5)
+    # arccos is steep at 1: an fp32 cosine of 1 - 1e-9 is already 1.4e-5 of angular distance
+    assert s.scores[2] == pytest.approx(0.0, abs=1e-4 if name == "angular" else 1e-5)
     if name != "wli":  # a random model's WER is already ~100%, so only the identity layer is certain
         assert min(abs(x) for i, x in enumerate(s.scores) if i != 2) > 1e-4
     if name in ("block_influence", "angular"):  # never negative, so the identity layer is the least important

@@ -29,7 +29,7 @@ def test_prompt_ids_follow_the_model_card(family):
     ids = family.prompt_ids("Hello there.", "Say this", [0, 5, 65535])
     assert ids[-4:] == [SPEECH_GENERATION_START, SPEECH_0, SPEECH_0 + 5, SPEECH_0 + 65535]
     start, end = ids.index(TEXT_UNDERSTANDING_START), ids.index(TEXT_UNDERSTANDING_END)
-    assert tok.decode(ids[start + 1:end]) == "Hello there. Say this"  # prompt text, a space, target text
+    assert tok.decode(ids[start + 1:end]) == "Hello there.Say this"  # the card: prompt_text + target_text
     before = tok.decode(ids[:start])
     assert before.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>")
     assert before.endswith("Convert the text to speech:")
@@ -37,6 +37,29 @@ def test_prompt_ids_follow_the_model_card(family):
     between = tok.decode(ids[end + 1:-4])
     assert between == "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     assert ids.count(128009) == 1
+
+
+def test_prompt_ids_equal_the_model_cards_own_construction(family):
+    """The Llasa-1B card's prompted example, written out: `input_text = prompt_text + target_text`,
+    the chat with the speech prefix in the assistant turn, `apply_chat_template(tokenize=True,
+    continue_final_message=True)`. `<|s_k|>` is id 128264 + k in LLaSA's tokenizer; the tiny
+    tokenizer lacks those 65,536 added tokens, so the prefix is appended as those ids."""
+    tok = family.tokenizer
+    prompt_text, target_text, prefix = "Hello there.", "Say this", [0, 5, 65535]
+    input_text = prompt_text + target_text
+    formatted_text = f"<|TEXT_UNDERSTANDING_START|>{input_text}<|TEXT_UNDERSTANDING_END|>"
+    chat = [{"role": "user", "content": "Convert the text to speech:" + formatted_text},
+            {"role": "assistant", "content": "<|SPEECH_GENERATION_START|>"}]
+    card = tok.apply_chat_template(chat, tokenize=True, continue_final_message=True)
+    card = list(card["input_ids"] if hasattr(card, "keys") else card) + [SPEECH_0 + k for k in prefix]
+    assert family.prompt_ids(prompt_text, target_text, prefix) == card
+    spaced = LlasaFamily(tok, dtype=torch.float32, prompt_join=" ")  # the documented departure
+    chat[0]["content"] = f"Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{prompt_text} {target_text}" \
+                         "<|TEXT_UNDERSTANDING_END|>"
+    card_spaced = tok.apply_chat_template(chat, tokenize=True, continue_final_message=True)
+    card_spaced = list(card_spaced["input_ids"] if hasattr(card_spaced, "keys") else card_spaced)
+    assert spaced.prompt_ids(prompt_text, target_text, prefix) == card_spaced + [SPEECH_0 + k for k in prefix]
+    assert len(card_spaced) == len(card) - len(prefix) + 1  # one token apart
 
 
 def test_ids_of_speech_and_stop(family):

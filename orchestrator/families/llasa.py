@@ -1,11 +1,14 @@
 """LLaSA (HKUSTAudio/Llasa-1B, 3B, 8B): a LlamaForCausalLM whose vocabulary is Llama 3's
 128,256 text tokens, eight special tokens and 65,536 X-Codec2 speech tokens.
 
-Prompt (the model card's): chat template, user turn "Convert the text to speech:"
-+ `<|TEXT_UNDERSTANDING_START|>{prompt text} {target text}<|TEXT_UNDERSTANDING_END|>`,
-assistant turn `<|SPEECH_GENERATION_START|>` + the prompt audio's speech tokens,
-continued by the model until `<|SPEECH_GENERATION_END|>`. Speech code k is `<|s_k|>`,
-id 128264 + k.
+Prompt: the "prompted" example of the HKUSTAudio/Llasa-1B model card (also Llasa-3B's;
+the same chat call as zhenye234/LLaSA_training at ef5c260): chat template, user turn
+"Convert the text to speech:" + `<|TEXT_UNDERSTANDING_START|>{prompt text}{target text}<|TEXT_UNDERSTANDING_END|>`
+(the card's `input_text = prompt_text + target_text`: no separator), assistant turn
+`<|SPEECH_GENERATION_START|>` + the prompt audio's speech tokens, left open
+(`continue_final_message=True`) and continued by the model until `<|SPEECH_GENERATION_END|>`.
+Speech code k is `<|s_k|>`, id 128264 + k. `world.real.prompt_join` may put a separator
+between the two texts: a departure from the card, off by default.
 """
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ INSTRUCTION = "Convert the text to speech:"
 
 
 class LlasaFamily:
-    def __init__(self, tokenizer: Any, dtype: torch.dtype = torch.bfloat16, n_codes: int = N_CODES):
+    def __init__(self, tokenizer: Any, dtype: torch.dtype = torch.bfloat16, n_codes: int = N_CODES,
+                 prompt_join: str = ""):
         self.tokenizer = tokenizer
+        self.prompt_join = prompt_join  # between prompt text and target text; the card uses none
         self.dtype = dtype
         self.special = {name: TEXT_VOCAB + i for i, name in enumerate(SPECIAL_TOKENS)}
         for name, expected in self.special.items():
@@ -41,12 +46,13 @@ class LlasaFamily:
         self.speech_ids = torch.tensor([*range(self.speech_offset, self.speech_offset + n_codes), self.end_id])
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype = torch.bfloat16) -> "LlasaFamily":
+    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype = torch.bfloat16,
+                        prompt_join: str = "") -> "LlasaFamily":
         tok = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, "the LLaSA tokenizer", "world.teacher.path")
-        return cls(tok, dtype)
+        return cls(tok, dtype, prompt_join=prompt_join)
 
     def prompt_ids(self, prompt_text: str, target_text: str, prompt_codes: Sequence[int]) -> list[int]:
-        text = f"{prompt_text} {target_text}" if prompt_text else target_text
+        text = f"{prompt_text}{self.prompt_join}{target_text}" if prompt_text else target_text
         chat = [
             {"role": "user", "content": f"{INSTRUCTION}<|TEXT_UNDERSTANDING_START|>{text}<|TEXT_UNDERSTANDING_END|>"},
             {"role": "assistant", "content": "<|SPEECH_GENERATION_START|>"},

@@ -3,9 +3,13 @@ more) plus the evidence behind it.
 
 - wli: the paper's WER-based Layer Importance, WER(without l) - WER(full), on a
   synthesized and transcribed held-out set;
-- block_influence: 1 - cos(layer input, layer output) (ShortGPT);
-- angular: angular distance between the hidden states n layers apart (Gromov et
-  al.); per layer for n = 1, and per contiguous block of the size to remove;
+- block_influence: 1 - cos(layer input, layer output), the expectation over every real
+  token (ShortGPT; sramshetty/ShortGPT `short_gpt/metrics.py:block_influence` at 78d9615);
+- angular: arccos(cos)/pi between the last real token's hidden states n layers apart,
+  averaged over sequences (Gromov et al., "The Unreasonable Ineffectiveness of the Deeper
+  Layers", Sec. 3.2; as ShortGPT's `compute_bi(angular=True)` and arcee-ai/PruneMe
+  `angular_distance` at faee6c9 take it); per layer for n = 1, and per contiguous block of
+  the size to remove;
 - loss_delta: teacher-forced speech-token loss without the layer minus with it;
 - last_n, random: baselines.
 """
@@ -109,31 +113,55 @@ def layer_io(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Ten
     return states
 
 
-def _mean_cos(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a[mask].float(), b[mask].float(), dim=-1).clamp(-1, 1).mean())
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine as ShortGPT's `block_influence` takes it: x.y / (|x| |y|) in fp32, no eps;
+    a zero vector's NaN becomes 0.5 (its `nan_to_num(nan=0.5)`)."""
+    a, b = a.float(), b.float()
+    return ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).nan_to_num(nan=0.5)
 
 
-def _pairwise_cos(model: nn.Module, ctx: ScoringContext, gap: int) -> list[float]:
-    """Mean cosine between the hidden state entering layer l and the one leaving layer l+gap-1."""
-    sums, count = None, 0
-    for batch in ctx.calibration_batches():
-        states = layer_io(model, batch)
-        mask = batch["attention_mask"].bool().to(states[0].device)
-        cos = [_mean_cos(states[l], states[l + gap], mask) for l in range(len(states) - gap)]
-        sums = cos if sums is None else [s + c for s, c in zip(sums, cos)]
-        count += 1
-    return [s / count for s in sums]
+def last_real_token(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last unpadded position, for left or right padding."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, -1).max(dim=1).values
 
 
 def block_influence_scores(model: nn.Module, ctx: ScoringContext) -> LayerScores:
-    cos = _pairwise_cos(model, ctx, 1)
-    return LayerScores("block_influence", [1 - c for c in cos], {"cos_in_out": cos})
+    """ShortGPT's Block Influence, BI_l = 1 - E_{X,t}[cos(x_l,t, x_l+1,t)], the expectation over
+    every real token of the calibration pairs (padding left out, so batches of any size weigh each
+    token equally). Hidden states as ShortGPT's Llama wrapper takes them: the embedding output,
+    then each layer's output before the final norm."""
+    sums, tokens = None, 0
+    for batch in ctx.calibration_batches():
+        states = layer_io(model, batch)
+        real = batch["attention_mask"].bool().to(states[0].device)
+        # per layer: the sum of 1 - cos over the batch's real tokens (ShortGPT sums, we divide once at the end)
+        bi = [float((1 - _cos(states[l][real], states[l + 1][real])).sum()) for l in range(len(states) - 1)]
+        sums = bi if sums is None else [s + b for s, b in zip(sums, bi)]
+        tokens += int(real.sum())
+    scores = [s / tokens for s in sums]
+    return LayerScores("block_influence", scores, {"cos_in_out": [1 - s for s in scores], "tokens": tokens})
+
+
+def _angular_distance(model: nn.Module, ctx: ScoringContext, gap: int) -> list[float]:
+    """Gromov et al.'s d(x^l, x^(l+gap)) = arccos(cos)/pi on each sequence's last real token,
+    averaged over sequences; x^l enters layer l, x^(l+gap) leaves layer l+gap-1."""
+    sums, sequences = None, 0
+    for batch in ctx.calibration_batches():
+        states = layer_io(model, batch)
+        rows = torch.arange(len(batch["input_ids"]), device=states[0].device)
+        last = last_real_token(batch["attention_mask"].to(states[0].device))
+        d = [float((torch.arccos(_cos(states[l][rows, last], states[l + gap][rows, last]).clamp(-1, 1)) / math.pi).sum())
+             for l in range(len(states) - gap)]
+        sums = d if sums is None else [s + x for s, x in zip(sums, d)]
+        sequences += len(rows)
+    return [s / sequences for s in sums]
 
 
 def angular_scores(model: nn.Module, ctx: ScoringContext) -> LayerScores:
-    per_layer = [math.acos(c) / math.pi for c in _pairwise_cos(model, ctx, 1)]
+    per_layer = _angular_distance(model, ctx, 1)
     n = max(1, ctx.n_drop)
-    block = {l: math.acos(c) / math.pi for l, c in enumerate(_pairwise_cos(model, ctx, n))}
+    block = dict(enumerate(_angular_distance(model, ctx, n)))
     return LayerScores("angular", per_layer, {"block_distance": block}, block_scores=block, block_size=n)
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCORERS = ("wli", "block_influence", "angular", "loss_delta", "last_n", "random")
+DECODE_PATHS = ("auto", "compiled", "static", "eager", "generate")  # generation.decode's paths
 
 
 class ConfigError(ValueError):
@@ -137,7 +138,10 @@ class EvalConfig(Section):
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    max_new_tokens: int = Field(200, ge=1)
+    max_new_tokens: int = Field(200, ge=1, description="most speech tokens per item (also caps a family's own bound)")
+    decode: Literal[DECODE_PATHS] = Field("auto", description="auto (compiled on a GPU, static cache on a CPU) | compiled | "  # type: ignore[valid-type]
+                                   "static | eager | generate (transformers' generate: the reference, plain samplers)")
+    speech_head: bool = Field(True, description="logits only for speech and stop ids (exact: sampling over them)")
     passes: int = Field(3, ge=1, description="synthesize the list this many times (other random draws each) and "
                         "average: a 200-item WER moves by about half a point between draws")
     seed: int = 0

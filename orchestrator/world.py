@@ -37,6 +37,11 @@ class Family(Protocol):
     pad_id: int
     end_id: int  # ends the generated speech
     speech_ids: torch.Tensor  # vocabulary ids that carry speech (codes and the end token)
+    stop_ids: tuple[int, ...]  # generation ends at any of these (end_id among them)
+    sampling: Any  # a generation.sampling.Sampler: the family's sampler kind and its fixed constants
+
+    def length_bounds(self, prompt_text: str, target_text: str) -> tuple[int, int | None]:
+        """(fewest, most) speech tokens to generate for this text (None: no bound of the family's own)."""
 
     def prompt_ids(self, prompt_text: str, target_text: str, prompt_codes: Sequence[int]) -> list[int]: ...
 

@@ -7,7 +7,8 @@ from torch import nn
 from transformers import Qwen2ForCausalLM
 
 from orchestrator.config import DistillConfig
-from orchestrator.distill.data import collate, left_pad
+from orchestrator.batching import left_pad
+from orchestrator.distill.data import collate
 from orchestrator.distill.loop import loss_spec, make_state, train_step
 from orchestrator.families.cosyvoice2 import (BLANK, CosyVoice2Family, CosyVoice2LM, CosyVoice2LMConfig,
                                               load_cosyvoice_llm, save_cosyvoice_llm)

@@ -84,7 +84,8 @@ def test_a_tokenizer_with_another_layout_is_refused():
 
 def test_prune_generate_and_one_distillation_step(tmp_path, family):
     from orchestrator.config import load_config
-    from orchestrator.distill.data import collate, left_pad
+    from orchestrator.batching import left_pad
+    from orchestrator.distill.data import collate
     from orchestrator.distill.loop import loss_spec, make_state, train_step
     from orchestrator.prune.surgery import drop_layers
 

@@ -5,6 +5,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from orchestrator.batching import right_pad
+from orchestrator.generation.decode import DecodingRules, decode
+from orchestrator.generation.sampling import Sampler
 from orchestrator.world import Family, Sample
 
 
@@ -16,52 +19,27 @@ def collate(family: Family, pairs: Sequence[tuple[Sample, Sample]]) -> dict[str,
     return batch
 
 
-def right_pad(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """(ids, labels) rows -> input_ids, attention_mask, labels (-100 on padding)."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.as_tensor(ids)
-        labels[i, : len(lab)] = torch.as_tensor(lab)
-        mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> left-padded ids and attention mask, for batched generation."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
-
-
 @torch.no_grad()
-def student_rollouts(model, batch: dict[str, torch.Tensor], pad_id: int, end_id: int,
-                     temperature: float = 1.0) -> dict[str, torch.Tensor]:
+def student_rollouts(model, batch: dict[str, torch.Tensor], pad_id: int, end_id: int, temperature: float = 1.0,
+                     speech_ids: torch.Tensor | None = None, stop_ids: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
     """The batch's prompts continued by `model` itself (on-policy distillation, as in GKD):
     the teacher then grades the student's own continuations, the sequences it will
     meet at synthesis time. Labels mark the speech span as in the original batch."""
     model = getattr(model, "module", model)  # unwrap DDP
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     lengths = batch["attention_mask"].sum(1)
     prompts = [batch["input_ids"][i, : batch["prompt_len"][i]].tolist() for i in range(len(lengths))]
-    ids, mask = left_pad(prompts, pad_id)
     max_new = int((lengths - batch["prompt_len"]).max() * 1.5) + 4  # room for a slower voice, not unbounded
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                         temperature=temperature, top_k=None, top_p=1.0, max_new_tokens=max_new,
-                         eos_token_id=end_id, pad_token_id=pad_id)[:, ids.shape[1]:].cpu()
+    stops = tuple(stop_ids) or (end_id,)
+    head = tuple(sorted({*map(int, speech_ids.tolist()), *stops})) if speech_ids is not None else None
+    # plain sampling over the speech vocabulary, whatever the family's evaluation sampler
+    rules = DecodingRules(stops, end_id, head, pad_id, Sampler(temperature=temperature))
+    out = decode(model, prompts, rules, [0] * len(prompts), [max_new] * len(prompts), speech_head=head is not None)
     model.train(was_training)
     rows = []
-    for i, p in enumerate(prompts):
-        gen = out[i].tolist()
-        gen = gen[: gen.index(end_id) + 1] if end_id in gen else [t for t in gen if t != pad_id]
+    for i, (p, g) in enumerate(zip(prompts, out)):
+        gen = g.tokens + [end_id] if g.stopped else g.tokens  # a rollout that stopped is trained to stop
         rows.append((p + gen, batch["labels"][i, : len(p)].tolist() + gen))
     new = right_pad(rows, pad_id)
     new["prompt_len"] = batch["prompt_len"]

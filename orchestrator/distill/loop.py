@@ -47,6 +47,7 @@ class LossSpec:
     end_id: int = 0
     kl_kind: str = "forward"
     jsd_beta: float = 0.5
+    stop_ids: tuple[int, ...] = ()  # on-policy rollouts stop at any of these (default: end_id)
 
     @property
     def needs_hidden(self) -> bool:
@@ -58,13 +59,13 @@ class LossSpec:
 
 
 def loss_spec(cfg: DistillConfig, speech_ids: torch.Tensor, kept: Sequence[int] = (), n_teacher: int = 0,
-              pad_id: int = 0, end_id: int = 0) -> LossSpec:
+              pad_id: int = 0, end_id: int = 0, stop_ids: Sequence[int] = ()) -> LossSpec:
     weights = {k: v for k, v in cfg.weights.model_dump().items() if v > 0}
     if not weights:
         raise ValueError("distill.weights: every weight is 0; give at least one term a positive weight")
     targets = tuple(losses.latent_targets(kept, n_teacher)) if kept else ()
     return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets, cfg.on_policy,
-                    cfg.rollout_temperature, pad_id, end_id, cfg.kl_kind, cfg.jsd_beta)
+                    cfg.rollout_temperature, pad_id, end_id, cfg.kl_kind, cfg.jsd_beta, tuple(stop_ids))
 
 
 def is_on_policy_step(step: int, share: float) -> bool:
@@ -168,7 +169,8 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
     on_policy = teacher is not None and is_on_policy_step(state.step, spec.on_policy)
     for batch in micro_batches:
         if on_policy:
-            batch = data.student_rollouts(model, batch, spec.pad_id, spec.end_id, spec.rollout_temperature)
+            batch = data.student_rollouts(model, batch, spec.pad_id, spec.end_id, spec.rollout_temperature,
+                                          spec.speech_ids, spec.stop_ids)
         batch = {k: v.to(device) for k, v in batch.items()}
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       output_hidden_states=spec.needs_hidden, output_attentions=spec.needs_attention, use_cache=False)

@@ -1,7 +1,12 @@
-"""Quality and cost metrics: WER (Seed-TTS-eval rule), speaker similarity, RTF, memory."""
+"""Quality and cost metrics: WER (Seed-TTS-eval's rule), speaker similarity, RTF, memory.
+
+WER follows BytedanceSpeech/seed-tts-eval at commit 752f4297f090c46bb1a55a1f7439e5944ddefe8d
+(`run_wer.py`: `punctuation_all`, `process_one`, and `run_asr`'s zhconv step; `average_wer.py`:
+the plain mean of per-utterance WERs), pinned against that code's own outputs in
+tests/test_wer_reference.py.
+"""
 from __future__ import annotations
 
-import re
 import string
 import threading
 import time
@@ -9,25 +14,37 @@ import time
 import jiwer
 import psutil
 import torch
+import zhconv
+from zhon.hanzi import punctuation as _HANZI_PUNCTUATION
 
-_PUNCT = "".join(c for c in string.punctuation if c != "'")
-_PUNCT_RE = re.compile(f"[{re.escape(_PUNCT)}]")
+# Seed-TTS-eval deletes each of these characters except the apostrophe (its `punctuation_all`)
+_DELETED = "".join(dict.fromkeys(c for c in _HANZI_PUNCTUATION + string.punctuation if c != "'"))
+_DELETE_TABLE = str.maketrans("", "", _DELETED)
 
 
 def normalize_text(text: str, lang: str = "en") -> str:
-    """Seed-TTS-eval's normalisation: strip punctuation (keep apostrophes), collapse
-    spaces, lower-case English."""
-    text = _PUNCT_RE.sub("", text)
-    text = re.sub(r"\s+", " ", text).strip()
-    return text.lower() if lang == "en" else text
+    """Seed-TTS-eval's `process_one` normalisation: delete the punctuation, replace double
+    spaces once (a single pass, as `str.replace` does), then split Chinese into characters
+    joined by spaces (spaces included, as the reference does) or lower-case English."""
+    text = text.translate(_DELETE_TABLE).replace("  ", " ")
+    if lang == "zh":
+        return " ".join(text)
+    if lang == "en":
+        return text.lower()
+    raise ValueError(f"language {lang!r}: Seed-TTS-eval scores 'en' or 'zh'")
 
 
 def utterance_wer(reference: str, hypothesis: str, lang: str = "en") -> float:
+    """One utterance's WER exactly as Seed-TTS-eval computes it: Chinese ASR output is first
+    converted to simplified characters (`zhconv.convert(h, "zh-cn")`, the hypothesis only),
+    both texts normalised, then jiwer with its default transforms (collapse runs of
+    whitespace, strip, split on the space), as `jiwer.compute_measures(truth, hypo)["wer"]`."""
+    if lang == "zh":
+        hypothesis = zhconv.convert(hypothesis, "zh-cn")
     ref, hyp = normalize_text(reference, lang), normalize_text(hypothesis, lang)
-    if lang == "zh":  # Chinese is scored per character
-        ref, hyp = " ".join(ref.replace(" ", "")), " ".join(hyp.replace(" ", ""))
-    if not ref:
-        raise ValueError("empty reference text: every evaluation item needs a target text")
+    if not ref.strip():
+        raise ValueError(f"reference text {reference!r} is empty once punctuation is removed: every evaluation "
+                         "item needs a target text with words")
     return float(jiwer.wer(ref, hyp))
 
 

@@ -11,8 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from orchestrator.config import EvalConfig
-from orchestrator.distill.data import left_pad
 from orchestrator.evaluate.metrics import PeakMemory, Stopwatch, utterance_wer
+from orchestrator.generation.decode import decode, decoding_rules, length_bounds
 from orchestrator.prune.surgery import count_parameters, decoder_layers
 from orchestrator.world import EvalItem, Family, World
 
@@ -35,24 +35,20 @@ class Evaluation:
 @torch.no_grad()
 def synthesize(model: nn.Module, family: Family, items: Sequence[EvalItem], cfg: EvalConfig,
                progress: bool = False, first_batch: int = 0) -> list[list[int]]:
-    """Speech codes for each item, sampled in batches; the same seed for every model,
-    so teacher and students are compared on the same random draws (batch b of a list
-    is drawn with seed `cfg.seed + b`; `first_batch` numbers a slice of a longer list)."""
-    device = next(model.parameters()).device
+    """Speech codes for each item, sampled in batches by the family's decoding rules; the same
+    seed for every model, so teacher and students are compared on the same random draws (batch b
+    of a list is drawn with seed `cfg.seed + b`; `first_batch` numbers a slice of a longer list)."""
     model.eval()
+    rules = decoding_rules(family, cfg)
     out: list[list[int]] = []
     starts = range(0, len(items), cfg.batch_size)
     for b, start in enumerate(tqdm(starts, desc="synthesize", disable=not progress, leave=False)):
         chunk = items[start:start + cfg.batch_size]
-        ids, mask = left_pad([family.prompt_ids(it.prompt_text, it.target_text, it.prompt_codes) for it in chunk],
-                             family.pad_id)
+        prompts = [family.prompt_ids(it.prompt_text, it.target_text, it.prompt_codes) for it in chunk]
+        lo, hi = length_bounds(family, chunk, cfg.max_new_tokens)
         torch.manual_seed(cfg.seed + first_batch + b)
-        gen = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
-            max_new_tokens=cfg.max_new_tokens, eos_token_id=family.end_id, pad_token_id=family.pad_id,
-        )
-        out.extend(family.codes_of(row[ids.shape[1]:].tolist()) for row in gen)
+        gen = decode(model, prompts, rules, lo, hi, path=cfg.decode, speech_head=cfg.speech_head)
+        out.extend(family.codes_of(g.tokens) for g in gen)
     return out
 
 

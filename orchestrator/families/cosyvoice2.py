@@ -35,6 +35,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
+from orchestrator.generation.sampling import Sampler
 from orchestrator.hub import MissingPiece, load_pretrained, require_file
 from orchestrator.world import Sample, speech_codes
 
@@ -87,6 +88,10 @@ class CosyVoice2LM(PreTrainedModel, GenerationMixin):
         self.generation_config.eos_token_id = s
         self.generation_config.pad_token_id = s + 1
         self.post_init()
+
+    def speech_decoder_parts(self) -> tuple[Any, nn.Module, nn.Linear]:
+        """For generation.decode: ids -> embeddings, the Qwen2 body (normed hidden states), llm_decoder."""
+        return self.embed, self.llm.model.model, self.llm_decoder
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Combined ids -> input embeddings (each table is looked up with clamped ids, then the right one picked)."""
@@ -209,12 +214,27 @@ def save_cosyvoice_llm(model: CosyVoice2LM, out_dir: str | Path, source_dir: str
     return out
 
 
+# CosyVoice's decoding constants (FunAudioLLM/CosyVoice @ ace7c47f41bbd303aa6bf1ea80e6f9fbd595cd40):
+# `Qwen2LM.inference` defaults and `examples/libritts/cosyvoice2/conf/cosyvoice2.yaml`'s ras_sampling
+MIN_TOKEN_TEXT_RATIO, MAX_TOKEN_TEXT_RATIO = 2, 20
+RAS = Sampler("ras", temperature=1.0, top_k=25, top_p=0.8, win_size=10, tau_r=0.1)
+
+
 class CosyVoice2Family:
     """CosyVoice 2's layout: `sos, text(prompt_text), text(target_text), task_id, prompt codes`,
     continued by the model until eos (id S). Prompt and target text are tokenized separately
     and their tokens concatenated with no separator, as CosyVoice's `Qwen2LM.inference` does
     (`torch.concat([prompt_text, text])`). CosyVoice's text normalisation (numbers, ...) is not
-    applied: texts are taken as given."""
+    applied: texts are taken as given.
+
+    Decoding follows `Qwen2LM.inference` / `inference_wrapper` / `TransformerLM.sampling_ids` of
+    FunAudioLLM/CosyVoice at ace7c47 (non-vLLM path): generation stops at any of
+    `stop_token_ids = [S, S+1, S+2]` (eos and both fill tokens); while fewer than
+    int(target text tokens x 2) tokens are out, eos (S alone) is masked (`ignore_eos`); at most
+    int(target text tokens x 20) are generated; each token is drawn by `ras_sampling`
+    (top_p 0.8, top_k 25, win_size 10, tau_r 0.1, the yaml's values) from the log-softmax of
+    llm_decoder. evaluate.top_p / top_k / temperature still apply (the CosyVoice config sets
+    CosyVoice's values), and evaluate.max_new_tokens caps the length bound."""
 
     def __init__(self, tokenizer: Any, speech_token_size: int = SPEECH_TOKEN_SIZE, dtype: torch.dtype = torch.float32):
         self.tokenizer = tokenizer
@@ -225,6 +245,8 @@ class CosyVoice2Family:
         self.sos_id, self.task_id = s + 3, s + 4
         self.text_offset = s + 5
         self.speech_ids = torch.arange(s + 1)  # codes and eos
+        self.stop_ids = (s, s + 1, s + 2)  # Qwen2LM.stop_token_ids: eos and the two fill tokens
+        self.sampling = RAS
         self.source_dir: Path | None = None  # the CosyVoice2-0.5B folder, when built from one
 
     @classmethod
@@ -242,6 +264,12 @@ class CosyVoice2Family:
     def save_native(self, model: CosyVoice2LM, out_dir: str | Path) -> Path:
         """The student as CosyVoice loads it: llm.pt + CosyVoice-BlankEN (see save_cosyvoice_llm)."""
         return save_cosyvoice_llm(model, out_dir, self.source_dir)
+
+    def length_bounds(self, prompt_text: str, target_text: str) -> tuple[int, int | None]:
+        """Qwen2LM.inference: min_len / max_len = int((text_len - prompt_text_len) x ratio), the
+        target text's token count times 2 and 20."""
+        n = len(self.tokenizer.encode(target_text, add_special_tokens=False))
+        return int(n * MIN_TOKEN_TEXT_RATIO), int(n * MAX_TOKEN_TEXT_RATIO)
 
     def text_ids(self, text: str) -> list[int]:
         return [self.text_offset + t for t in self.tokenizer.encode(text, add_special_tokens=False)]
@@ -264,7 +292,7 @@ class CosyVoice2Family:
         return ids, [-100] * start + ids[start:]
 
     def codes_of(self, generated_ids: Sequence[int]) -> list[int]:
-        return speech_codes(generated_ids, self.end_id, 0, self.speech_token_size)  # fill tokens skipped
+        return speech_codes(generated_ids, self.end_id, 0, self.speech_token_size)
 
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
         """A CosyVoice2-0.5B-style directory (llm.pt + CosyVoice-BlankEN) or a `save_pretrained` one."""

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from orchestrator.generation.sampling import Sampler
 from orchestrator.hub import MissingPiece, load_pretrained
 from orchestrator.mini.family import SPECIAL_TOKENS
 from orchestrator.world import Sample, speech_codes
@@ -44,6 +45,11 @@ class LlasaFamily:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)  # left padding for batches; masked out, so any text id works
         self.speech_ids = torch.tensor([*range(self.speech_offset, self.speech_offset + n_codes), self.end_id])
+        self.stop_ids = (self.end_id,)  # the card's eos_token_id
+        self.sampling = Sampler()  # the card's generate(do_sample=True, temperature, top_p): plain sampling
+
+    def length_bounds(self, prompt_text: str, target_text: str) -> tuple[int, int | None]:
+        return 0, None  # the card bounds only the total length (max_length 2048); evaluate.max_new_tokens here
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: torch.dtype = torch.bfloat16,

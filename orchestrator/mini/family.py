@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM
 
+from orchestrator.generation.sampling import Sampler
 from orchestrator.world import Sample, speech_codes
 
 SPECIAL_TOKENS = (
@@ -40,6 +41,11 @@ class MiniFamily:
         self.vocab_size = self.speech_offset + n_codes
         self.end_id = self.special["SPEECH_GENERATION_END"]
         self.speech_ids = torch.tensor([*range(self.speech_offset, self.vocab_size), self.end_id])
+        self.stop_ids = (self.end_id,)
+        self.sampling = Sampler()  # plain temperature / top-k / top-p, as LLaSA's model card
+
+    def length_bounds(self, prompt_text: str, target_text: str) -> tuple[int, int | None]:
+        return 0, None  # as LLaSA: only evaluate.max_new_tokens bounds a row
 
     def text_ids(self, text: str) -> list[int]:
         try:

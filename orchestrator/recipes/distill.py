@@ -102,7 +102,7 @@ def prepare_distill(cfg: Config, world: World, teacher: nn.Module, teacher_token
     kept = resolve_keep(n_teacher, drop=drop)
     budget = plan_budget(cfg, world, teacher_tokens)
     f = world.family
-    spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id)
+    spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id, f.stop_ids)
     if spec.needs_attention:  # attention maps are only returned by the eager implementation
         teacher.set_attn_implementation("eager")
     # fp32 weights for the optimizer (a bf16 teacher's copy would round small updates away);

@@ -1,0 +1,1 @@
+"""Speech generation: the families' decoding rules, samplers, and the batched decode paths."""

@@ -149,7 +149,7 @@ def _stepper(model: nn.Module, batch: int, length: int, compiled: bool) -> _Step
 def resolve_path(path: Path, device: torch.device) -> str:
     """`auto`: compiled with CUDA graphs on a GPU; eager on a CPU, where compiling each new depth
     (every WLI candidate, every student) costs more than it saves, and a static cache attends over
-    its whole length at every step (measured: benchmarks/README.md, "Decode paths")."""
+    its whole length at every step (measured: benchmarks/README.md, "Decode speed of the real shapes")."""
     if path != "auto":
         return path
     return "compiled" if device.type == "cuda" else "eager"

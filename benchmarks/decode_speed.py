@@ -25,6 +25,7 @@ speed-up over the teacher on the same path and over the teacher's `eager, full h
 fraction of the weights-bandwidth bound: the tokens/s a batch-1 decode would reach if it only
 read, once per token, the weight bytes that path reads, at the device's measured copy bandwidth.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,21 +48,50 @@ from orchestrator.prune.surgery import drop_layers
 LLASA_END, LLASA_SPEECH = TEXT_VOCAB + 5, TEXT_VOCAB + 8  # SPEECH_GENERATION_END, <|s_0|>
 
 
-def llasa(layers: int = 16, hidden: int = 2048, mlp: int = 8192, heads: int = 32, kv: int = 8,
-          n_codes: int = N_CODES, text: int = TEXT_VOCAB):
+def llasa(
+    layers: int = 16,
+    hidden: int = 2048,
+    mlp: int = 8192,
+    heads: int = 32,
+    kv: int = 8,
+    n_codes: int = N_CODES,
+    text: int = TEXT_VOCAB,
+):
     """(model, head ids, end id, first prompt id, prompt id range, codec tokens/s): LLaSA's layout."""
-    cfg = LlamaConfig(vocab_size=text + 8 + n_codes, hidden_size=hidden, intermediate_size=mlp,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                      tie_word_embeddings=True, max_position_embeddings=4096)
+    cfg = LlamaConfig(
+        vocab_size=text + 8 + n_codes,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    )
     end, speech = text + 5, text + 8
     return LlamaForCausalLM(cfg), (end, *range(speech, speech + n_codes)), end, (0, text), 50.0
 
 
-def cosyvoice2(layers: int = 24, hidden: int = 896, mlp: int = 4864, heads: int = 14, kv: int = 2,
-               s: int = SPEECH_TOKEN_SIZE, text: int = 151_936):
-    cfg = CosyVoice2LMConfig(vocab_size=text, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                             num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=True,
-                             max_position_embeddings=4096, speech_token_size=s)
+def cosyvoice2(
+    layers: int = 24,
+    hidden: int = 896,
+    mlp: int = 4864,
+    heads: int = 14,
+    kv: int = 2,
+    s: int = SPEECH_TOKEN_SIZE,
+    text: int = 151_936,
+):
+    cfg = CosyVoice2LMConfig(
+        vocab_size=text,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        speech_token_size=s,
+    )
     return CosyVoice2LM(cfg), tuple(range(s + 3)), s, (s + 5, s + 5 + text), 25.0
 
 
@@ -96,25 +126,39 @@ def weight_bytes_per_token(model: torch.nn.Module, head_ids=None) -> int:
     embed, body, head = decoder_parts(model)
     size = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731
     weight, bias, _ = head_slice(head, head_ids)
-    head_bytes = weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None else 0)
+    head_bytes = weight.numel() * weight.element_size() + (
+        bias.numel() * bias.element_size() if bias is not None else 0
+    )
     return size(body.layers.parameters()) + size(body.norm.parameters()) + head_bytes
 
 
-def timed(model, path: str, speech_head: bool, rules: DecodingRules, prompts, new: int,
-          device: torch.device) -> tuple[float, float]:
+def timed(
+    model, path: str, speech_head: bool, rules: DecodingRules, prompts, new: int, device: torch.device
+) -> tuple[float, float]:
     with PeakMemory(device) as mem:
         sync(device)
         start = time.perf_counter()
-        out = decode(model, prompts, rules, [new] * len(prompts), [new] * len(prompts), path=path,
-                     speech_head=speech_head)
+        out = decode(
+            model, prompts, rules, [new] * len(prompts), [new] * len(prompts), path=path, speech_head=speech_head
+        )
         sync(device)
         seconds = time.perf_counter() - start
     assert all(len(g.tokens) == new for g in out), "every generation runs to the same length"
     return new / seconds, mem.model_bytes(model) / 2**30  # models measured together: each its own share
 
 
-def run_shape(name: str, depths: list[float], batches: list[int], prompt: int, new: int, repeats: int,
-              device: torch.device, dtype: torch.dtype, fast: str = "compiled", log=print) -> list[dict]:
+def run_shape(
+    name: str,
+    depths: list[float],
+    batches: list[int],
+    prompt: int,
+    new: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    fast: str = "compiled",
+    log=print,
+) -> list[dict]:
     torch.manual_seed(0)
     teacher, head_ids, end, (lo, hi), rate = SHAPES[name]()
     teacher = teacher.to(device, dtype).eval()
@@ -124,8 +168,11 @@ def run_shape(name: str, depths: list[float], batches: list[int], prompt: int, n
         k = max(1, round(d * n))
         if k < n:
             models[f"{k} layers"] = drop_layers(teacher, keep=list(range(k))).to(device, dtype).eval()
-    paths = {"eager, full head": ("generate", False), "eager, speech head": ("eager", True),
-             f"fast ({fast}), speech head": (fast, True)}
+    paths = {
+        "eager, full head": ("generate", False),
+        "eager, speech head": ("eager", True),
+        f"fast ({fast}), speech head": (fast, True),
+    }
     rules = DecodingRules(stop_ids=(end,), eos_id=end, head_ids=head_ids, pad_id=lo, sampler=Sampler(do_sample=False))
     bandwidth = copy_bandwidth(device)
     log(f"{name}: copy bandwidth {bandwidth / 1e9:.1f} GB/s")
@@ -150,26 +197,44 @@ def run_shape(name: str, depths: list[float], batches: list[int], prompt: int, n
             same_path = statistics.median(speeds[(teacher_name, p)])
             eager_full = statistics.median(speeds[(teacher_name, "eager, full head")])
             bound = bandwidth / weight_bytes_per_token(models[m], head_ids if paths[p][1] else None)
-            rows.append({"shape": name, "model": m, "path": p, "batch": batch, "tokens_per_s": tps, "rtf": rate / tps,
-                         "peak_gib": peaks[(m, p)], "speedup": tps / same_path, "speedup_vs_eager_teacher": tps / eager_full,
-                         "memory_vs_teacher": peaks[(m, p)] / peaks[(teacher_name, p)] - 1,
-                         "bound_tokens_per_s": bound, "of_bound": tps / bound,
-                         "params_m": sum(q.numel() for q in models[m].parameters()) / 1e6})
-            log(f"{name:>15} batch {batch}: {m:<20} {p:<28} {tps:8.2f} tok/s/seq  RTF {rate / tps:.4f}  "
+            rows.append(
+                {
+                    "shape": name,
+                    "model": m,
+                    "path": p,
+                    "batch": batch,
+                    "tokens_per_s": tps,
+                    "rtf": rate / tps,
+                    "peak_gib": peaks[(m, p)],
+                    "speedup": tps / same_path,
+                    "speedup_vs_eager_teacher": tps / eager_full,
+                    "memory_vs_teacher": peaks[(m, p)] / peaks[(teacher_name, p)] - 1,
+                    "bound_tokens_per_s": bound,
+                    "of_bound": tps / bound,
+                    "params_m": sum(q.numel() for q in models[m].parameters()) / 1e6,
+                }
+            )
+            log(
+                f"{name:>15} batch {batch}: {m:<20} {p:<28} {tps:8.2f} tok/s/seq  RTF {rate / tps:.4f}  "
                 f"peak {peaks[(m, p)]:6.2f} GiB  {tps / same_path:.2f}x same path, {tps / eager_full:.2f}x eager "
-                f"teacher  {tps / bound:.0%} of bound")
+                f"teacher  {tps / bound:.0%} of bound"
+            )
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| shape | model | path | batch | params | tok/s per seq | RTF | peak GiB | memory vs teacher | "
-             "speed-up (same path) | speed-up vs eager teacher | bound tok/s | of bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| shape | model | path | batch | params | tok/s per seq | RTF | peak GiB | memory vs teacher | "
+        "speed-up (same path) | speed-up vs eager teacher | bound tok/s | of bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['model']} | {r['path']} | {r['batch']} | {r['params_m']:.1f}M | "
-                     f"{r['tokens_per_s']:.2f} | {r['rtf']:.4f} | {r['peak_gib']:.2f} | {r['memory_vs_teacher']:+.0%} | "
-                     f"{r['speedup']:.2f}x | {r['speedup_vs_eager_teacher']:.2f}x | {r['bound_tokens_per_s']:.0f} | "
-                     f"{r['of_bound']:.0%} |")
+        lines.append(
+            f"| {r['shape']} | {r['model']} | {r['path']} | {r['batch']} | {r['params_m']:.1f}M | "
+            f"{r['tokens_per_s']:.2f} | {r['rtf']:.4f} | {r['peak_gib']:.2f} | {r['memory_vs_teacher']:+.0%} | "
+            f"{r['speedup']:.2f}x | {r['speedup_vs_eager_teacher']:.2f}x | {r['bound_tokens_per_s']:.0f} | "
+            f"{r['of_bound']:.0%} |"
+        )
     return "\n".join(lines)
 
 
@@ -185,24 +250,33 @@ def goals(rows: list[dict]) -> str:
         b1 = [r for r in mine if r["batch"] == 1 and r["model"] == half and "speech head" in r["path"]]
         if b1:
             best = max(b1, key=lambda r: r["tokens_per_s"])
-            out.append(f"{shape}: {half}, speech head ({best['path']}), batch 1: "
-                       f"{best['speedup_vs_eager_teacher']:.2f}x the full-depth eager full-head teacher")
+            out.append(
+                f"{shape}: {half}, speech head ({best['path']}), batch 1: "
+                f"{best['speedup_vs_eager_teacher']:.2f}x the full-depth eager full-head teacher"
+            )
         fast = [r for r in mine if r["batch"] == 1 and r["path"].startswith("fast")]
         if fast:
-            out.append(f"{shape}: fast path at batch 1 reaches {min(r['of_bound'] for r in fast):.0%}-"
-                       f"{max(r['of_bound'] for r in fast):.0%} of the weights-bandwidth bound")
+            out.append(
+                f"{shape}: fast path at batch 1 reaches {min(r['of_bound'] for r in fast):.0%}-"
+                f"{max(r['of_bound'] for r in fast):.0%} of the weights-bandwidth bound"
+            )
         b8 = [r for r in mine if r["batch"] == 8 and r["model"] == half]
         if b8:
-            out.append(f"{shape}: {half} at batch 8, peak memory vs teacher: "
-                       + ", ".join(f"{r['path']} {r['memory_vs_teacher']:+.0%}" for r in b8))
+            out.append(
+                f"{shape}: {half} at batch 8, peak memory vs teacher: "
+                + ", ".join(f"{r['path']} {r['memory_vs_teacher']:+.0%}" for r in b8)
+            )
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", action="append", choices=list(SHAPES), help="default: llasa-1b and cosyvoice2-llm")
-    ap.add_argument("--depths", default="0.625,0.5", help="student depths as fractions of the teacher's "
-                    "(LLaSA 10 and 8 of 16, CosyVoice 2 15 and 12 of 24)")
+    ap.add_argument(
+        "--depths",
+        default="0.625,0.5",
+        help="student depths as fractions of the teacher's (LLaSA 10 and 8 of 16, CosyVoice 2 15 and 12 of 24)",
+    )
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
     ap.add_argument("--new-tokens", type=int, default=500, help="generated tokens (10 s of LLaSA audio)")
@@ -218,18 +292,22 @@ def main() -> None:
     batches = [int(x) for x in args.batch.split(",")]
     rows = []
     for shape in args.shape or ["llasa-1b", "cosyvoice2-llm"]:
-        rows += run_shape(shape, depths, batches, args.prompt, args.new_tokens, args.repeats, device, dtype,
-                          args.fast)
+        rows += run_shape(shape, depths, batches, args.prompt, args.new_tokens, args.repeats, device, dtype, args.fast)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     table, summary = format_rows(rows), goals(rows)
-    print(f"\ndevice: {device_name}, {args.dtype}, prompt {args.prompt}, {args.new_tokens} new tokens, "
-          f"median of {args.repeats}\n{table}\n\n{summary}")
+    print(
+        f"\ndevice: {device_name}, {args.dtype}, prompt {args.prompt}, {args.new_tokens} new tokens, "
+        f"median of {args.repeats}\n{table}\n\n{summary}"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2))
+        Path(args.out + ".json").write_text(
+            json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2)
+        )
         command = " ".join([".venv/bin/python benchmarks/decode_speed.py", *sys.argv[1:]])
-        Path(args.out + ".md").write_text(f"Device: {device_name}, {args.dtype}\nCommand: `{command}`\n\n{table}\n\n"
-                                          f"{summary}\n")
+        Path(args.out + ".md").write_text(
+            f"Device: {device_name}, {args.dtype}\nCommand: `{command}`\n\n{table}\n\n{summary}\n"
+        )
 
 
 if __name__ == "__main__":

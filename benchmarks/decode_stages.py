@@ -15,6 +15,7 @@ The two settings alternate (before, after, before, ...) so both see the same mac
 WLI scores and WERs are printed too, so a speed-up that changed the numbers would show.
 Writes benchmarks/results/decode-stages.{md,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ from orchestrator.config import load_config
 from orchestrator.evaluate.synthesis import evaluate_model
 from orchestrator.prune.importance import wli_scores
 
-SETTINGS = {"before (generate, full head)": {"decode": "generate", "speech_head": False},
-            "after (auto, speech head)": {"decode": "auto", "speech_head": True}}
+SETTINGS = {
+    "before (generate, full head)": {"decode": "generate", "speech_head": False},
+    "after (auto, speech head)": {"decode": "auto", "speech_head": True},
+}
 
 
 def main() -> None:
@@ -57,10 +60,16 @@ def main() -> None:
             start = time.perf_counter()
             result = evaluate_model(teacher, world, world.test_items[: ev.n_items], ev)
             times[(name, "evaluation")].append(time.perf_counter() - start)
-            numbers[name] = {"wli": [round(x * 100, 2) for x in wli.scores], "test_wer": round(result.wer * 100, 2),
-                             "test_sim": round(result.sim, 3)}
-            print(f"{name}: wli {times[(name, 'wli')][-1]:.1f} s, evaluation {times[(name, 'evaluation')][-1]:.1f} s, "
-                  f"WER {result.wer * 100:.2f}%", flush=True)
+            numbers[name] = {
+                "wli": [round(x * 100, 2) for x in wli.scores],
+                "test_wer": round(result.wer * 100, 2),
+                "test_sim": round(result.sim, 3),
+            }
+            print(
+                f"{name}: wli {times[(name, 'wli')][-1]:.1f} s, evaluation {times[(name, 'evaluation')][-1]:.1f} s, "
+                f"WER {result.wer * 100:.2f}%",
+                flush=True,
+            )
     before, after = SETTINGS
     lines = ["| stage | before (s) | after (s) | speed-up |", "|---|---|---|---|"]
     rows = {}
@@ -68,11 +77,16 @@ def main() -> None:
         b, a = statistics.median(times[(before, stage)]), statistics.median(times[(after, stage)])
         rows[stage] = {"before_s": b, "after_s": a, "speedup": b / a}
         lines.append(f"| {stage} | {b:.1f} | {a:.1f} | {b / a:.2f}x |")
-    detail = "\n".join(f"- {name}: WLI (points) {v['wli']}; teacher test WER {v['test_wer']}%, SIM {v['test_sim']}"
-                       for name, v in numbers.items())
+    detail = "\n".join(
+        f"- {name}: WLI (points) {v['wli']}; teacher test WER {v['test_wer']}%, SIM {v['test_sim']}"
+        for name, v in numbers.items()
+    )
     command = " ".join([".venv/bin/python benchmarks/decode_stages.py", *sys.argv[1:]])
-    text = (f"Command: `{command}` (median of {args.repeats}, settings alternated)\n\n" + "\n".join(lines)
-            + f"\n\n{detail}\n")
+    text = (
+        f"Command: `{command}` (median of {args.repeats}, settings alternated)\n\n"
+        + "\n".join(lines)
+        + f"\n\n{detail}\n"
+    )
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".md").write_text(text)

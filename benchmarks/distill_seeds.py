@@ -6,6 +6,7 @@ under three evaluation seeds (three sampling draws of the same 200 items) and th
 Each argument is a space-separated list of config overrides on top of configs/mini.yaml.
 One 200-item draw moves by about half a point: compare the means.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,9 @@ def main(variants: list[str]) -> None:
     dev = world.dev_items[:200]
 
     def wers(model, cfg) -> list[float]:
-        return [100 * evaluate_model(model, world, dev, cfg.evaluate.model_copy(update={"seed": s})).wer
-                for s in EVAL_SEEDS]
+        return [
+            100 * evaluate_model(model, world, dev, cfg.evaluate.model_copy(update={"seed": s})).wer for s in EVAL_SEEDS
+        ]
 
     t = wers(teacher, base)
     print(f"| teacher | {' / '.join(f'{x:.2f}' for x in t)} | {np.mean(t):.2f} | |", flush=True)
@@ -41,8 +43,11 @@ def main(variants: list[str]) -> None:
         with tempfile.TemporaryDirectory() as out:
             student, _, _ = distill(cfg, world, teacher, meta["train_tokens"], DROP, out, progress=False)
         w = wers(student, cfg)
-        print(f"| {v or '(config as is)'} | {' / '.join(f'{x:.2f}' for x in w)} | {np.mean(w):.2f} | "
-              f"{time.time() - start:.0f} s |", flush=True)
+        print(
+            f"| {v or '(config as is)'} | {' / '.join(f'{x:.2f}' for x in w)} | {np.mean(w):.2f} | "
+            f"{time.time() - start:.0f} s |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ set of overrides (same teacher, same removed layers, same data budget).
 Each --variant is a space-separated list of config overrides on top of --config.
 Tune on the dev set; report the chosen setting on the test set (`make demo`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/mini.yaml")
     ap.add_argument("--drop", required=True, help="layers to remove, e.g. 2,3,4,7")
-    ap.add_argument("--variant", action="append", default=[], help='overrides, e.g. "distill.lr=0.001 distill.epochs=1"')
+    ap.add_argument(
+        "--variant", action="append", default=[], help='overrides, e.g. "distill.lr=0.001 distill.epochs=1"'
+    )
     args = ap.parse_args()
     drop = [int(x) for x in args.drop.split(",")]
     base = load_config(args.config)
@@ -38,8 +41,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             student, history, _ = distill(cfg, world, teacher, meta["train_tokens"], drop, out, progress=False)
         e = evaluate_model(student, world, dev, cfg.evaluate)
-        print(f"| {variant or '(config as is)'} | {100 * e.wer:.2f} | {e.sim:.3f} | {len(history)} | "
-              f"{time.time() - start:.0f} |", flush=True)
+        print(
+            f"| {variant or '(config as is)'} | {100 * e.wer:.2f} | {e.sim:.3f} | {len(history)} | "
+            f"{time.time() - start:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

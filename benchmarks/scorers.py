@@ -8,6 +8,7 @@ measured in the same run.
 
 Writes benchmarks/results/mini-scorers.md (and prints it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,9 @@ def main() -> None:
     k = n_to_drop(cfg, n)
     test = world.test_items[: cfg.evaluate.n_items]
     base = evaluate_model(teacher, world, test, cfg.evaluate)
-    results = score_all(teacher, scoring_context(cfg, world, k, progress=True), list(cfg.score.scorers), cfg.prune.strategy)
+    results = score_all(
+        teacher, scoring_context(cfg, world, k, progress=True), list(cfg.score.scorers), cfg.prune.strategy
+    )
     rows = []
     seen: dict[tuple, tuple] = {}
     for name, (_, drop) in results.items():
@@ -50,7 +53,10 @@ def main() -> None:
             seen[key] = (pruned, evaluate_model(student, world, test, cfg.evaluate), budget)
         pruned, distilled, budget = seen[key]
         rows.append((name, drop, pruned, distilled, budget))
-        print(f"{name}: drop {drop} pruned WER {100 * pruned.wer:.2f}% distilled WER {100 * distilled.wer:.2f}%", flush=True)
+        print(
+            f"{name}: drop {drop} pruned WER {100 * pruned.wer:.2f}% distilled WER {100 * distilled.wer:.2f}%",
+            flush=True,
+        )
 
     lines = [
         f"Teacher: {n} layers, test WER {100 * base.wer:.2f}%, SIM {base.sim:.3f} ({len(test)} test items).",
@@ -64,14 +70,25 @@ def main() -> None:
     for name, drop, p, d, _ in rows:
         lines.append(f"| {name} | {drop} | {100 * p.wer:.2f} | {100 * d.wer:.2f} | {p.sim:.3f} | {d.sim:.3f} |")
     lines.append("")
-    lines.append(f"Command: `.venv/bin/python benchmarks/scorers.py --config {args.config}"
-                 + "".join(f" --set {o}" for o in args.overrides) + f"`; wall time {time.time() - start:.0f} s.")
+    lines.append(
+        f"Command: `.venv/bin/python benchmarks/scorers.py --config {args.config}"
+        + "".join(f" --set {o}" for o in args.overrides)
+        + f"`; wall time {time.time() - start:.0f} s."
+    )
     text = "\n".join(lines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")
-    Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"teacher": base.summary(), "rows": [{"scorer": r[0], "drop": r[1], "pruned": r[2].summary(),
-                                              "distilled": r[3].summary()} for r in rows]}, indent=2))
+    Path(args.out).with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "teacher": base.summary(),
+                "rows": [
+                    {"scorer": r[0], "drop": r[1], "pruned": r[2].summary(), "distilled": r[3].summary()} for r in rows
+                ],
+            },
+            indent=2,
+        )
+    )
     print(text)
 
 

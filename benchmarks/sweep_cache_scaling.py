@@ -11,6 +11,7 @@ fresh storage directory. `trials s` is the sum of the trials' own wall times (Tr
 workers: start, distillation, evaluation); `sweep s` adds the teacher baseline and,
 with the cache, building it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ VARIANTS = {
     "no cache, 2 workers": ["distill.teacher_cache=false", "train.num_workers=2"],
     "cache, 1 worker": ["distill.teacher_cache=true", "train.num_workers=1"],
 }
-SWEEP = ["sweep.space=layer_sets", "sweep.layer_sets=['3-4', '2-3-4-7']", "sweep.max_concurrent_trials=1",
-         "evaluate.n_items=100", "train.report_every=40"]
+SWEEP = [
+    "sweep.space=layer_sets",
+    "sweep.layer_sets=['3-4', '2-3-4-7']",
+    "sweep.max_concurrent_trials=1",
+    "evaluate.n_items=100",
+    "train.report_every=40",
+]
 
 
 def main() -> None:
@@ -43,8 +49,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, sets in VARIANTS.items():
             d = Path(tmp) / name.replace(" ", "").replace(",", "-")
-            cfg = load_config(args.config, SWEEP + sets + args.overrides +
-                              [f"sweep.storage_path={d}", f"output_dir={d}", f"tracking.uri=sqlite:///{d}/mlflow.db"])
+            cfg = load_config(
+                args.config,
+                SWEEP
+                + sets
+                + args.overrides
+                + [f"sweep.storage_path={d}", f"output_dir={d}", f"tracking.uri=sqlite:///{d}/mlflow.db"],
+            )
             start = time.perf_counter()
             result = run_sweep(cfg, progress=False, log=lambda *_: None)
             wall = time.perf_counter() - start
@@ -53,17 +64,25 @@ def main() -> None:
             rows[name] = {"sweep_s": wall, "trial_s": trials, "wer": wers}
             print(f"{name:>20}: sweep {wall:6.1f} s, trials {trials:6.1f} s, WER {wers}", flush=True)
     a, b, c = (rows[n] for n in VARIANTS)
-    ratios = {"cache speed-up (trials)": b["trial_s"] / a["trial_s"], "cache speed-up (sweep)": b["sweep_s"] / a["sweep_s"],
-              "1 -> 2 workers (trials)": c["trial_s"] / a["trial_s"], "1 -> 2 workers (sweep)": c["sweep_s"] / a["sweep_s"]}
+    ratios = {
+        "cache speed-up (trials)": b["trial_s"] / a["trial_s"],
+        "cache speed-up (sweep)": b["sweep_s"] / a["sweep_s"],
+        "1 -> 2 workers (trials)": c["trial_s"] / a["trial_s"],
+        "1 -> 2 workers (sweep)": c["sweep_s"] / a["sweep_s"],
+    }
     lines = ["| variant | sweep s | trials s | WER % by dropped set |", "|---|---|---|---|"]
-    lines += [f"| {n} | {r['sweep_s']:.1f} | {r['trial_s']:.1f} | "
-              f"{', '.join(f'{k}: {v:.2f}' for k, v in r['wer'].items())} |" for n, r in rows.items()]
+    lines += [
+        f"| {n} | {r['sweep_s']:.1f} | {r['trial_s']:.1f} | {', '.join(f'{k}: {v:.2f}' for k, v in r['wer'].items())} |"
+        for n, r in rows.items()
+    ]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
     table = "\n".join(lines)
     print(table)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    Path(args.out + ".md").write_text(f"Machine: {machine}\nCommand: .venv/bin/python benchmarks/sweep_cache_scaling.py "
-                                      f"{' '.join('--set ' + s for s in args.overrides)}\n\n{table}\n")
+    Path(args.out + ".md").write_text(
+        f"Machine: {machine}\nCommand: .venv/bin/python benchmarks/sweep_cache_scaling.py "
+        f"{' '.join('--set ' + s for s in args.overrides)}\n\n{table}\n"
+    )
     Path(args.out + ".json").write_text(json.dumps({"machine": machine, "runs": rows, "ratios": ratios}, indent=2))
 
 

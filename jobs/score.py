@@ -2,6 +2,7 @@
 
 Runs `prun-tts score` in the job's driver process (give it a GPU with --entrypoint-num-gpus 1).
 """
+
 import sys
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 Runs `prun-tts shards` in the job's driver: Ray Data encodes world.real.train_manifest into
 speech-token shards (world.real.encode_actors codec actors, one GPU each with train.use_gpu).
 """
+
 import sys
 from pathlib import Path
 

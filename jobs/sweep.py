@@ -3,6 +3,7 @@
 Runs `prun-tts sweep` as a Ray job: inside a job, RAY_ADDRESS points at the cluster, and
 the trials run on its workers.
 """
+
 import sys
 from pathlib import Path
 

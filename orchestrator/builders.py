@@ -1,4 +1,5 @@
 """Builders: config -> world, device, teacher, scoring context. One place each."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,7 +63,9 @@ def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool
 def load_model(world: World, path: str | Path, device: torch.device) -> nn.Module:
     p = Path(path)
     if world.name == "mini" and not (p / "config.json").is_file():  # real families explain their own failures
-        raise ConfigError(f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained")
+        raise ConfigError(
+            f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained"
+        )
     transformers.logging.disable_progress_bar()  # one bar per load is noise in a sweep's many processes
     model = world.family.load_model(str(p)).to(device).eval()
     for param in model.parameters():
@@ -82,8 +85,10 @@ def save_student(world: World, model: nn.Module, out: str | Path) -> None:
 def n_to_drop(cfg: Config, n_layers: int) -> int:
     k = round(cfg.prune.ratio * n_layers)
     if not 1 <= k < n_layers:
-        raise ConfigError(f"prune.ratio={cfg.prune.ratio} removes {k} of {n_layers} layers; "
-                          f"pick a ratio that removes between 1 and {n_layers - 1}")
+        raise ConfigError(
+            f"prune.ratio={cfg.prune.ratio} removes {k} of {n_layers} layers; "
+            f"pick a ratio that removes between 1 and {n_layers - 1}"
+        )
     return k
 
 

@@ -3,6 +3,7 @@
 Bad input (config, layer sets, paths) exits with code 2 and a message saying
 what to change, before any work starts and before anything is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ def _layer_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give layer indices as comma-separated integers, e.g. 1,3,5")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give layer indices as comma-separated integers, e.g. 1,3,5"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +34,14 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_config(sp):
         sp.add_argument("--config", default=None, help="YAML config (default: built-in defaults = configs/mini.yaml)")
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set prune.ratio=0.5 (repeatable)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set prune.ratio=0.5 (repeatable)",
+        )
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         return sp
 
@@ -52,15 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None, help="model directory (default: the teacher)")
     sp.add_argument("--split", choices=["test", "dev"], default="test")
     sp.add_argument("--shards", type=int, default=1, help="split the list over this many Ray tasks (GPUs)")
-    sp.add_argument("--address", default=None, help="Ray cluster HOST:PORT for --shards (default: $RAY_ADDRESS, "
-                                                   "else a private local Ray)")
+    sp.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster HOST:PORT for --shards (default: $RAY_ADDRESS, else a private local Ray)",
+    )
     with_config(sub.add_parser("demo", help="the whole method on the configured world, in one process"))
-    sp = with_config(sub.add_parser("sweep", help="Ray Tune sweep of layer sets, Ray Train distillation per trial, "
-                                                  "MLflow tracking"))
-    sp.add_argument("--address", default=None,
-                    help="Ray cluster HOST:PORT (default: $RAY_ADDRESS inside a job, else a private local Ray)")
-    sp = with_config(sub.add_parser("shards", help="encode world.real.train_manifest into speech-token shards "
-                                                   "(Ray Data)"))
+    sp = with_config(
+        sub.add_parser("sweep", help="Ray Tune sweep of layer sets, Ray Train distillation per trial, MLflow tracking")
+    )
+    sp.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster HOST:PORT (default: $RAY_ADDRESS inside a job, else a private local Ray)",
+    )
+    sp = with_config(
+        sub.add_parser("shards", help="encode world.real.train_manifest into speech-token shards (Ray Data)")
+    )
     sp.add_argument("--address", default=None, help="Ray cluster HOST:PORT (default: $RAY_ADDRESS, else local)")
     sp = with_config(sub.add_parser("train-teacher", help="train the mini world's teacher"))
     sp.add_argument("--out", required=True, help="directory for the teacher")
@@ -99,8 +116,10 @@ def cmd_prune(args) -> int:
     try:
         mcfg = AutoConfig.from_pretrained(args.model)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--model {args.model}: cannot read its config ({e}); pass a model directory "
-                          "or a hub id reachable from here") from None
+        raise ConfigError(
+            f"--model {args.model}: cannot read its config ({e}); pass a model directory "
+            "or a hub id reachable from here"
+        ) from None
     n = mcfg.get_text_config().num_hidden_layers
     resolve_keep(n, args.keep, args.drop)  # refuse a bad set before loading any weights
     model = AutoModelForCausalLM.from_pretrained(args.model)
@@ -127,8 +146,11 @@ def _prune_cosyvoice(args, out: Path) -> int:
     from orchestrator.hub import require_file
     from orchestrator.prune.surgery import drop_layers, resolve_keep
 
-    config = require_file(Path(args.model) / BLANK / "config.json", "the CosyVoice 2 LLM's config",
-                          "pass a complete CosyVoice2-0.5B folder")
+    config = require_file(
+        Path(args.model) / BLANK / "config.json",
+        "the CosyVoice 2 LLM's config",
+        "pass a complete CosyVoice2-0.5B folder",
+    )
     n = json.loads(config.read_text())["num_hidden_layers"]
     resolve_keep(n, args.keep, args.drop)  # refuse a bad set before loading any weights
     student = drop_layers(load_cosyvoice_llm(args.model), keep=args.keep, drop=args.drop)
@@ -141,7 +163,10 @@ def _copy_tokenizer(model: str, out: Path) -> None:
     src = Path(model)
     if src.is_dir():
         for f in src.iterdir():
-            if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "prun_tts_")) or f.name == "vocab.json":
+            if (
+                f.name.startswith(("tokenizer", "special_tokens", "chat_template", "prun_tts_"))
+                or f.name == "vocab.json"
+            ):
                 shutil.copy2(f, out / f.name)
 
 
@@ -153,7 +178,9 @@ def cmd_score(cfg: Config, args) -> int:
     world = build_world(cfg)
     teacher, _ = load_teacher(cfg, world, pick_device(cfg), not args.quiet)
     k = n_to_drop(cfg, len(decoder_layers(teacher)))
-    results = score_all(teacher, scoring_context(cfg, world, k, not args.quiet), list(cfg.score.scorers), cfg.prune.strategy)
+    results = score_all(
+        teacher, scoring_context(cfg, world, k, not args.quiet), list(cfg.score.scorers), cfg.prune.strategy
+    )
     files = write_scores(results, Path(cfg.output_dir) / "scores")
     print(format_table(results))
     print(f"table: {files['csv']}\nplot: {files['png']}")
@@ -197,14 +224,18 @@ def cmd_evaluate(cfg: Config, args) -> int:
     world = build_world(cfg)
     items = world.test_items if args.split == "test" else world.dev_items
     if not len(items):
-        raise ConfigError(f"the {world.name} world has no {args.split} items: set world.real.{args.split}_list "
-                          "to a Seed-TTS-eval meta.lst")
+        raise ConfigError(
+            f"the {world.name} world has no {args.split} items: set world.real.{args.split}_list "
+            "to a Seed-TTS-eval meta.lst"
+        )
     n_shards = min(args.shards, cfg.evaluate.n_items, len(items))
     model_path = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else args.model
     name = Path(args.model).name if args.model else "teacher"
     # the same model, list and settings resume the same file; anything else gets its own
-    key = json.dumps([args.model or cfg.world.teacher.path, args.split, cfg.evaluate.model_dump(),
-                      cfg.world.model_dump()], sort_keys=True)
+    key = json.dumps(
+        [args.model or cfg.world.teacher.path, args.split, cfg.evaluate.model_dump(), cfg.world.model_dump()],
+        sort_keys=True,
+    )
     out = Path(cfg.output_dir).resolve() / "evaluations"  # Ray tasks may run in another directory
     stem = out / f"{name}-{args.split}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if n_shards > 1:
@@ -214,10 +245,12 @@ def cmd_evaluate(cfg: Config, args) -> int:
             result = evaluate_sharded(cfg, model_path, args.split, n_shards, stem, world.codec.token_rate)
     else:
         device = pick_device(cfg)
-        model = load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device,
-                                                                                    not args.quiet)[0]
-        result = evaluate_model(model, world, items[: cfg.evaluate.n_items], cfg.evaluate, not args.quiet,
-                                results=f"{stem}.jsonl")
+        model = (
+            load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device, not args.quiet)[0]
+        )
+        result = evaluate_model(
+            model, world, items[: cfg.evaluate.n_items], cfg.evaluate, not args.quiet, results=f"{stem}.jsonl"
+        )
     s = result.summary()
     print(json.dumps(s, indent=2))
     out.mkdir(parents=True, exist_ok=True)
@@ -245,8 +278,9 @@ def _ray(args):
         check_address(address)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or "local", include_dashboard=False if not address else None,
-                 log_to_driver=not args.quiet)
+        ray.init(
+            address=address or "local", include_dashboard=False if not address else None, log_to_driver=not args.quiet
+        )
     try:
         yield
     except ray.exceptions.RayTaskError as e:  # a missing piece met inside a task: its message, not Ray's trace
@@ -271,8 +305,11 @@ def cmd_sweep(cfg: Config, args) -> int:
     result = run_sweep(cfg, args.address, progress=not args.quiet)
     failed = [r["dropped_layers"] for r in result["rows"] if r["status"] == "error"]
     if failed:
-        print(f"prun-tts sweep: {len(failed)} trial(s) failed (dropped layers {', '.join(failed)}); "
-              "see the trial logs under the sweep's storage path", file=sys.stderr)
+        print(
+            f"prun-tts sweep: {len(failed)} trial(s) failed (dropped layers {', '.join(failed)}); "
+            "see the trial logs under the sweep's storage path",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -289,8 +326,15 @@ def cmd_train_teacher(cfg: Config, args) -> int:
     return 0
 
 
-COMMANDS = {"score": cmd_score, "distill": cmd_distill, "evaluate": cmd_evaluate, "demo": cmd_demo, "sweep": cmd_sweep,
-            "shards": cmd_shards, "train-teacher": cmd_train_teacher}
+COMMANDS = {
+    "score": cmd_score,
+    "distill": cmd_distill,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "sweep": cmd_sweep,
+    "shards": cmd_shards,
+    "train-teacher": cmd_train_teacher,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 An invalid config is refused before any work starts, with the field and the
 allowed values in the message (`ConfigError`, exit code 2 from the CLI).
 """
+
 from __future__ import annotations
 
 import re
@@ -55,24 +56,34 @@ class RealWorldConfig(Section):
     """LLaSA (with X-Codec2) or CosyVoice 2: where the models and the data are. Each entry is
     a model-hub id or a local directory; `world.teacher.path` names the TTS model itself."""
 
-    codec: str = Field("hf-audio/xcodec2", description="llasa: the X-Codec2 checkpoint; cosyvoice2: the "
-                       "CosyVoice2-0.5B directory whose flow and HiFT models turn tokens into audio")
+    codec: str = Field(
+        "hf-audio/xcodec2",
+        description="llasa: the X-Codec2 checkpoint; cosyvoice2: the "
+        "CosyVoice2-0.5B directory whose flow and HiFT models turn tokens into audio",
+    )
     asr: str = Field("openai/whisper-large-v3", description="any Whisper checkpoint")
     asr_batch_size: int = Field(16, ge=1)
     verifier: str = Field("microsoft/wavlm-base-plus-sv", description="any WavLMForXVector checkpoint")
     language: Literal["en", "zh"] = "en"
-    prompt_join: str = Field("", description="llasa: put between prompt text and target text; the model card "
-                             "joins them with nothing (a space here departs from the card)")
+    prompt_join: str = Field(
+        "",
+        description="llasa: put between prompt text and target text; the model card "
+        "joins them with nothing (a space here departs from the card)",
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     train_manifest: str | None = Field(None, description="JSONL, one utterance a line: audio, text, speaker")
-    shards: str = Field("data/shards", description="speech-token shards made from train_manifest by "
-                        "`prun-tts shards`, read by every trial")
+    shards: str = Field(
+        "data/shards",
+        description="speech-token shards made from train_manifest by `prun-tts shards`, read by every trial",
+    )
     shard_size: int = Field(2000, ge=1, description="utterances per shard file")
     encode_actors: int = Field(1, ge=1, description="Ray Data actors encoding audio (one GPU each with train.use_gpu)")
-    teacher_hours: float = Field(250_000, gt=0, description="hours of speech the teacher was trained on "
-                                 "(LLaSA: 250k), for distill.data_fraction")
-    dev_list: str | None = Field(None, description="Seed-TTS-eval meta.lst for scoring and dev (name|prompt "
-                                 "text|prompt audio|target text)")
+    teacher_hours: float = Field(
+        250_000, gt=0, description="hours of speech the teacher was trained on (LLaSA: 250k), for distill.data_fraction"
+    )
+    dev_list: str | None = Field(
+        None, description="Seed-TTS-eval meta.lst for scoring and dev (name|prompt text|prompt audio|target text)"
+    )
     test_list: str | None = Field(None, description="Seed-TTS-eval meta.lst for the final evaluation")
 
 
@@ -106,9 +117,15 @@ class LossWeights(Section):
 
 
 class DistillConfig(Section):
-    data_fraction: float = Field(0.05, gt=0, le=1, description="distinct student training tokens / teacher training tokens")
-    data_hours: float | None = Field(None, gt=0, description="a budget in hours of speech instead (prompt and target "
-                                     "audio of the pairs); overrides data_fraction")
+    data_fraction: float = Field(
+        0.05, gt=0, le=1, description="distinct student training tokens / teacher training tokens"
+    )
+    data_hours: float | None = Field(
+        None,
+        gt=0,
+        description="a budget in hours of speech instead (prompt and target "
+        "audio of the pairs); overrides data_fraction",
+    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -117,18 +134,27 @@ class DistillConfig(Section):
     clip: float = Field(1.0, gt=0)
     temperature: float = Field(2.0, gt=0)
     latent_loss: Literal["mse", "cosine"] = "mse"
-    kl_kind: Literal["forward", "reverse", "jsd"] = Field("forward", description="forward KL(T||S), reverse "
-                                                           "KL(S||T) or GKD's generalised JSD")
+    kl_kind: Literal["forward", "reverse", "jsd"] = Field(
+        "forward", description="forward KL(T||S), reverse KL(S||T) or GKD's generalised JSD"
+    )
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="the JSD's mixture weight of the teacher")
     weights: LossWeights = LossWeights()
     adaptive: bool = False
-    ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the student's "
-                       "weights, used as the final student (0: off)")
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of an exponential moving average of the student's "
+        "weights, used as the final student (0: off)",
+    )
     on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
     rollout_temperature: float = Field(1.0, gt=0, description="sampling temperature of those continuations")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    teacher_cache: bool = Field(False, description="in sweeps: compute the teacher's logits and hidden states on the "
-                                "training pairs once, shared by every trial (on-policy steps still run the teacher)")
+    teacher_cache: bool = Field(
+        False,
+        description="in sweeps: compute the teacher's logits and hidden states on the "
+        "training pairs once, shared by every trial (on-policy steps still run the teacher)",
+    )
     seed: int = 0
 
 
@@ -139,11 +165,18 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     max_new_tokens: int = Field(200, ge=1, description="most speech tokens per item (also caps a family's own bound)")
-    decode: Literal[DECODE_PATHS] = Field("auto", description="auto (compiled on a GPU, static cache on a CPU) | compiled | "  # type: ignore[valid-type]
-                                   "static | eager | generate (transformers' generate: the reference, plain samplers)")
+    decode: Literal[DECODE_PATHS] = Field(
+        "auto",
+        description="auto (compiled on a GPU, static cache on a CPU) | compiled | "  # type: ignore[valid-type]
+        "static | eager | generate (transformers' generate: the reference, plain samplers)",
+    )
     speech_head: bool = Field(True, description="logits only for speech and stop ids (exact: sampling over them)")
-    passes: int = Field(3, ge=1, description="synthesize the list this many times (other random draws each) and "
-                        "average: a 200-item WER moves by about half a point between draws")
+    passes: int = Field(
+        3,
+        ge=1,
+        description="synthesize the list this many times (other random draws each) and "
+        "average: a 200-item WER moves by about half a point between draws",
+    )
     seed: int = 0
 
 
@@ -167,8 +200,9 @@ class SweepConfig(Section):
     storage_path: str = "runs/sweeps"
     space: Literal["selected", "layer_sets", "blocks"] = "selected"
     search: Literal["grid", "optuna"] = "grid"
-    ratio: list[float] = Field([0.25, 0.5], min_length=1,
-                               description="grid: these values; optuna: any depth between min and max")
+    ratio: list[float] = Field(
+        [0.25, 0.5], min_length=1, description="grid: these values; optuna: any depth between min and max"
+    )
     scorer: list[Literal[SCORERS]] = ["wli"]  # type: ignore[valid-type]
     strategy: list[Literal["lowest", "contiguous", "iterative"]] = ["lowest"]
     layer_sets: list[str] = []
@@ -182,10 +216,12 @@ class SweepConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "SweepConfig":
+    def _check(self) -> SweepConfig:
         if "://" in self.storage_path:
-            raise ValueError(f"sweep.storage_path {self.storage_path!r}: give a directory every node sees (a shared "
-                             "NFS/EFS mount on a cluster); object-store URIs are not supported yet")
+            raise ValueError(
+                f"sweep.storage_path {self.storage_path!r}: give a directory every node sees (a shared "
+                "NFS/EFS mount on a cluster); object-store URIs are not supported yet"
+            )
         if any(not 0 < r < 1 for r in self.ratio):
             raise ValueError(f"sweep.ratio: {self.ratio}; every ratio must be between 0 and 1 (exclusive)")
         if self.space == "layer_sets" and not self.layer_sets:
@@ -194,13 +230,17 @@ class SweepConfig(Section):
             if not re.fullmatch(r"\d+(-\d+)*", s):
                 raise ValueError(f"sweep.layer_sets: {s!r}; write a set as layer indices joined by '-', e.g. '2-3-4-7'")
         if self.search == "optuna" and self.scheduler == "asha":
-            raise ValueError("sweep.scheduler=asha stops trials on one metric, which Optuna's multi-objective "
-                             "search cannot use; use search=grid with asha, or scheduler=none")
+            raise ValueError(
+                "sweep.scheduler=asha stops trials on one metric, which Optuna's multi-objective "
+                "search cannot use; use search=grid with asha, or scheduler=none"
+            )
         return self
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else a local sqlite file")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else a local sqlite file"
+    )
     experiment: str = "prun-tts"
 
 
@@ -217,7 +257,7 @@ class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         t = self.world.teacher
         if t.hidden % t.heads or t.heads % t.kv_heads:
             raise ValueError(

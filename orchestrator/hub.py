@@ -4,12 +4,14 @@ A hub id with no network, a missing optional package or a directory without the
 expected files all end in `MissingPiece` (a `ConfigError`: the CLI prints it and
 exits 2), never a bare traceback.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.config import ConfigError
 
@@ -29,9 +31,11 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, se
         if Path(name_or_path).exists():
             hint = f"{name_or_path} exists but is not a complete checkpoint ({e.__class__.__name__}: {str(e)[:200]})"
         else:
-            hint = (f"{name_or_path!r} is neither a local directory nor reachable on the model hub; download it "
-                    f"where there is network (`huggingface-cli download {name_or_path} --local-dir DIR`) and set "
-                    f"{setting}=DIR")
+            hint = (
+                f"{name_or_path!r} is neither a local directory nor reachable on the model hub; download it "
+                f"where there is network (`huggingface-cli download {name_or_path} --local-dir DIR`) and set "
+                f"{setting}=DIR"
+            )
         raise MissingPiece(f"cannot load {what}: {hint}") from None
 
 

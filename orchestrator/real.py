@@ -5,10 +5,12 @@ test, speech-token shards for training.
 The heavy pieces (codec, ASR, verifier) load on first use: every Ray Train worker
 builds the world, and only the one that evaluates needs them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -91,20 +93,32 @@ def build_real_world(cfg: Config) -> World:
 
         family = CosyVoice2Family.from_dir(cfg.world.teacher.path, dtype=model_dtype(cfg))
     codec = Lazy(lambda: _codec(cfg, device), token_rate=TOKEN_RATES[name])
-    asr = Lazy(lambda: WhisperASR.from_pretrained(r.asr, device=device, dtype=model_dtype(cfg), language=r.language,
-                                                  batch_size=r.asr_batch_size))
+    asr = Lazy(
+        lambda: WhisperASR.from_pretrained(
+            r.asr, device=device, dtype=model_dtype(cfg), language=r.language, batch_size=r.asr_batch_size
+        )
+    )
     verifier = Lazy(lambda: WavLMVerifier.from_pretrained(r.verifier, device=device))
     return World(
-        name=name, family=family, codec=codec, asr=asr, verifier=verifier, train_pairs=ShardPairs(r.shards),
+        name=name,
+        family=family,
+        codec=codec,
+        asr=asr,
+        verifier=verifier,
+        train_pairs=ShardPairs(r.shards),
         dev_items=SeedTTSItems(r.dev_list, codec) if r.dev_list else [],
-        test_items=SeedTTSItems(r.test_list, codec) if r.test_list else [], language=r.language,
+        test_items=SeedTTSItems(r.test_list, codec) if r.test_list else [],
+        language=r.language,
     )
 
 
 def teacher_meta(cfg: Config) -> dict:
     """What is known of a real teacher's training: its hours of speech, as tokens."""
-    return {"train_tokens": int(cfg.world.real.teacher_hours * 3600 * TOKEN_RATES[cfg.world.name]),
-            "digest": "", "path": cfg.world.teacher.path}
+    return {
+        "train_tokens": int(cfg.world.real.teacher_hours * 3600 * TOKEN_RATES[cfg.world.name]),
+        "digest": "",
+        "path": cfg.world.teacher.path,
+    }
 
 
 def teacher_layers(path: str | Path) -> int:
@@ -114,4 +128,6 @@ def teacher_layers(path: str | Path) -> int:
 
     blank = Path(path) / "CosyVoice-BlankEN"  # a CosyVoice2-0.5B folder keeps its LLM's config there
     where = str(blank) if (blank / "config.json").is_file() else str(path)
-    return load_pretrained(AutoConfig.from_pretrained, where, "the teacher's config", "world.teacher.path").num_hidden_layers
+    return load_pretrained(
+        AutoConfig.from_pretrained, where, "the teacher's config", "world.teacher.path"
+    ).num_hidden_layers

@@ -7,6 +7,7 @@ Child-run contract (keep the names stable): params `dropped_layers`, `kept_layer
 takes explicit run ids (no "active run"), so the sweep driver, trial drivers and
 Train workers on other nodes can all log to the same runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,11 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
                 reason = f"HTTP {r.status}"
         except (urllib.error.URLError, OSError) as e:
             reason = str(getattr(e, "reason", e))
-        raise ConfigError(f"tracking.uri {uri}: the MLflow server does not answer ({reason}); start it "
-                          "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000) or point "
-                          "tracking.uri / MLFLOW_TRACKING_URI at a running one")
+        raise ConfigError(
+            f"tracking.uri {uri}: the MLflow server does not answer ({reason}); start it "
+            "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000) or point "
+            "tracking.uri / MLFLOW_TRACKING_URI at a running one"
+        )
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         try:
@@ -54,8 +57,10 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         except OSError as e:
             raise ConfigError(f"tracking.uri {uri}: cannot create {db.parent} ({e}); choose a writable path") from None
     elif uri.startswith("file:") or "://" not in uri:
-        raise ConfigError(f"tracking.uri {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
-                          "or an http:// server")
+        raise ConfigError(
+            f"tracking.uri {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
+            "or an http:// server"
+        )
 
 
 def experiment_id(uri: str, name: str) -> str:
@@ -79,8 +84,15 @@ def find_run(uri: str, exp_id: str, tags: dict[str, str]) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def start_run(uri: str, exp_id: str, name: str, role: str, parent: str | None = None, params: dict | None = None,
-              tags: dict | None = None) -> str:
+def start_run(
+    uri: str,
+    exp_id: str,
+    name: str,
+    role: str,
+    parent: str | None = None,
+    params: dict | None = None,
+    tags: dict | None = None,
+) -> str:
     client = MlflowClient(uri)
     all_tags = {ROLE: role, **(tags or {})}
     if parent:
@@ -88,7 +100,7 @@ def start_run(uri: str, exp_id: str, name: str, role: str, parent: str | None = 
     run = client.create_run(exp_id, tags=all_tags, run_name=name)
     rows = [Param(k, _param(v)) for k, v in (params or {}).items()]
     for i in range(0, len(rows), 100):  # MLflow's batch limit is 100 params
-        client.log_batch(run.info.run_id, params=rows[i:i + 100])
+        client.log_batch(run.info.run_id, params=rows[i : i + 100])
     return run.info.run_id
 
 
@@ -103,7 +115,7 @@ def _metric_rows(metrics: dict, step: int) -> list[Metric]:
 
 def _send(uri: str, run_id: str, rows: list[Metric]) -> None:
     for i in range(0, len(rows), 900):  # MLflow's batch limit is 1000 metrics
-        MlflowClient(uri).log_batch(run_id, metrics=rows[i:i + 900])
+        MlflowClient(uri).log_batch(run_id, metrics=rows[i : i + 900])
 
 
 class CurveLogger:
@@ -122,7 +134,9 @@ class CurveLogger:
         try:
             _send(self.uri, self.run_id, rows)
         except Exception as e:  # noqa: BLE001 (any tracking failure)
-            warnings.warn(f"MLflow: {len(rows)} training-curve points not logged to run {self.run_id}: {e}")
+            warnings.warn(
+                f"MLflow: {len(rows)} training-curve points not logged to run {self.run_id}: {e}", stacklevel=2
+            )
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

@@ -3,10 +3,12 @@ a speaker verifier and the data. The mini world and the real models (LLaSA with
 X-Codec2, CosyVoice 2) each provide these; nothing in prune/, distill/ or
 evaluate/ knows which world it is working in.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 

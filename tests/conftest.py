@@ -12,9 +12,19 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 def _tiny(model_cls, config_cls, vocab: int, layers: int, seed: int):
     torch.manual_seed(seed)
-    cfg = config_cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                     tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = config_cls(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return model_cls(cfg).eval()
 
 
@@ -32,11 +42,24 @@ def tiny_model(request):
 
 
 TINY_WORLD = [
-    "world.mini.n_sentences=300", "world.mini.dev_sentences=16", "world.mini.test_sentences=16",
-    "world.teacher.layers=4", "world.teacher.hidden=32", "world.teacher.heads=2", "world.teacher.kv_heads=2",
-    "world.teacher.mlp=64", "world.teacher.steps=3", "world.teacher.batch_size=8", "world.teacher.warmup=1",
-    "score.n_items=8", "score.n_pairs=16", "score.batch_size=8",
-    "evaluate.n_items=8", "evaluate.batch_size=8", "evaluate.max_new_tokens=60", "evaluate.passes=1",
+    "world.mini.n_sentences=300",
+    "world.mini.dev_sentences=16",
+    "world.mini.test_sentences=16",
+    "world.teacher.layers=4",
+    "world.teacher.hidden=32",
+    "world.teacher.heads=2",
+    "world.teacher.kv_heads=2",
+    "world.teacher.mlp=64",
+    "world.teacher.steps=3",
+    "world.teacher.batch_size=8",
+    "world.teacher.warmup=1",
+    "score.n_items=8",
+    "score.n_pairs=16",
+    "score.batch_size=8",
+    "evaluate.n_items=8",
+    "evaluate.batch_size=8",
+    "evaluate.max_new_tokens=60",
+    "evaluate.passes=1",
 ]
 
 
@@ -46,8 +69,10 @@ def tiny_cfg(tmp_path, monkeypatch):
     from orchestrator.config import load_config
 
     monkeypatch.setenv("PRUN_TTS_CACHE", str(tmp_path / "cache"))
-    return load_config("configs/mini.yaml", TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}",
-                                                          f"output_dir={tmp_path / 'runs'}"])
+    return load_config(
+        "configs/mini.yaml",
+        TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}", f"output_dir={tmp_path / 'runs'}"],
+    )
 
 
 @pytest.fixture

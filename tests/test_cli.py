@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama, tiny_qwen2
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_llama, tiny_qwen2
 from orchestrator.cli import main
 
 
@@ -29,12 +29,15 @@ def test_prune_command_writes_a_loadable_student(saved_model, tmp_path, capsys):
         assert torch.equal(AutoModelForCausalLM.from_pretrained(out2)(ids).logits, student(ids).logits)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--drop", "6"], "must be in 0..5"),
-    (["--drop", "1,1"], "more than once"),
-    (["--drop", "0,1,2,3,4,5"], "remove all 6 layers"),
-    (["--keep", "0,9"], "must be in 0..5"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--drop", "6"], "must be in 0..5"),
+        (["--drop", "1,1"], "more than once"),
+        (["--drop", "0,1,2,3,4,5"], "remove all 6 layers"),
+        (["--keep", "0,9"], "must be in 0..5"),
+    ],
+)
 def test_prune_refuses_bad_layer_sets_and_writes_nothing(saved_model, tmp_path, capsys, args, message):
     out = tmp_path / "student"
     assert main(["prune", "--model", str(saved_model), *args, "--out", str(out)]) == 2
@@ -64,7 +67,9 @@ def test_train_teacher_records_its_command_and_never_overwrites(tiny_cfg, tmp_pa
     out = tmp_path / "teacher"
     assert main(["train-teacher", "--config", "configs/mini.yaml", *sets, "--quiet", "--out", str(out)]) == 0
     meta = json.loads((out / "prun_tts_teacher.json").read_text())
-    assert meta["command"].startswith("prun-tts train-teacher --config configs/mini.yaml") and str(out) in meta["command"]
+    assert (
+        meta["command"].startswith("prun-tts train-teacher --config configs/mini.yaml") and str(out) in meta["command"]
+    )
     assert meta["steps"] == 3 and meta["train_tokens"] > 0
     before = (out / "model.safetensors").read_bytes()
     assert main(["train-teacher", "--config", "configs/mini.yaml", *sets, "--quiet", "--out", str(out)]) == 2

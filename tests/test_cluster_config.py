@@ -23,9 +23,8 @@ from pathlib import Path
 import click
 import jsonschema
 import pytest
-import yaml
-
 import ray
+import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]

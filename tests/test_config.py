@@ -9,21 +9,26 @@ def test_shipped_config_equals_the_defaults():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config("configs/mini.yaml", ["prune.ratio=0.25", "distill.weights.attention=0.5", "score.scorers=[wli, random]"])
+    cfg = load_config(
+        "configs/mini.yaml", ["prune.ratio=0.25", "distill.weights.attention=0.5", "score.scorers=[wli, random]"]
+    )
     assert cfg.prune.ratio == 0.25
     assert cfg.distill.weights.attention == 0.5
     assert cfg.score.scorers == ["wli", "random"]
 
 
-@pytest.mark.parametrize("override,field,hint", [
-    ("prune.scorer=magic", "prune.scorer", "'wli'"),
-    ("prune.strategy=greedy", "prune.strategy", "'contiguous'"),
-    ("distill.latent_loss=l1", "distill.latent_loss", "'cosine'"),
-    ("prune.ratio=1.5", "prune.ratio", "less than 1"),
-    ("distill.lrate=0.1", "distill.lrate", "unknown field"),
-    ("score.scorers=[wli, nope]", "score.scorers.1", "'angular'"),
-    ("world.teacher.heads=3", "world.teacher", "divisible"),
-])
+@pytest.mark.parametrize(
+    "override,field,hint",
+    [
+        ("prune.scorer=magic", "prune.scorer", "'wli'"),
+        ("prune.strategy=greedy", "prune.strategy", "'contiguous'"),
+        ("distill.latent_loss=l1", "distill.latent_loss", "'cosine'"),
+        ("prune.ratio=1.5", "prune.ratio", "less than 1"),
+        ("distill.lrate=0.1", "distill.lrate", "unknown field"),
+        ("score.scorers=[wli, nope]", "score.scorers.1", "'angular'"),
+        ("world.teacher.heads=3", "world.teacher", "divisible"),
+    ],
+)
 def test_invalid_config_names_field_and_allowed_values(override, field, hint):
     with pytest.raises(ConfigError) as e:
         load_config("configs/mini.yaml", [override])

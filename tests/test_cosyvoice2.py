@@ -3,19 +3,25 @@ import sys
 
 import pytest
 import torch
+from tiny_tokenizers import char_tokenizer
 from torch import nn
 from transformers import Qwen2ForCausalLM
 
-from orchestrator.config import DistillConfig
 from orchestrator.batching import left_pad
+from orchestrator.config import DistillConfig
 from orchestrator.distill.data import collate
 from orchestrator.distill.loop import loss_spec, make_state, train_step
-from orchestrator.families.cosyvoice2 import (BLANK, CosyVoice2Family, CosyVoice2LM, CosyVoice2LMConfig,
-                                              load_cosyvoice_llm, save_cosyvoice_llm)
+from orchestrator.families.cosyvoice2 import (
+    BLANK,
+    CosyVoice2Family,
+    CosyVoice2LM,
+    CosyVoice2LMConfig,
+    load_cosyvoice_llm,
+    save_cosyvoice_llm,
+)
 from orchestrator.hub import MissingPiece
 from orchestrator.prune.surgery import drop_layers, layers_removed
 from orchestrator.world import Sample
-from tiny_tokenizers import char_tokenizer
 
 S = 61  # speech tokens: ids 0..60 codes, 61 eos, 62/63 fill, 64 sos, 65 task, 66+ text
 TEXT_VOCAB = 100
@@ -24,10 +30,20 @@ H, MLP, KV = 32, 64, 16  # KV: 2 kv heads x head dim 8
 
 def tiny_lm(layers: int = 4, seed: int = 0, speech_token_size: int = S) -> CosyVoice2LM:
     torch.manual_seed(seed)
-    cfg = CosyVoice2LMConfig(vocab_size=TEXT_VOCAB, hidden_size=H, intermediate_size=MLP, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             tie_word_embeddings=True, rope_theta=1e6, bos_token_id=99, eos_token_id=99,
-                             speech_token_size=speech_token_size)
+    cfg = CosyVoice2LMConfig(
+        vocab_size=TEXT_VOCAB,
+        hidden_size=H,
+        intermediate_size=MLP,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        bos_token_id=99,
+        eos_token_id=99,
+        speech_token_size=speech_token_size,
+    )
     return CosyVoice2LM(cfg).eval()
 
 
@@ -40,16 +56,27 @@ def expected_shapes(n_layers: int) -> dict[str, tuple[int, ...]]:
     shapes = {"llm_embedding.weight": (2, H), "llm.model.model.embed_tokens.weight": (TEXT_VOCAB, H)}
     for i in range(n_layers):
         p = f"llm.model.model.layers.{i}."
-        shapes |= {p + "self_attn.q_proj.weight": (H, H), p + "self_attn.q_proj.bias": (H,),
-                   p + "self_attn.k_proj.weight": (KV, H), p + "self_attn.k_proj.bias": (KV,),
-                   p + "self_attn.v_proj.weight": (KV, H), p + "self_attn.v_proj.bias": (KV,),
-                   p + "self_attn.o_proj.weight": (H, H),
-                   p + "mlp.gate_proj.weight": (MLP, H), p + "mlp.up_proj.weight": (MLP, H),
-                   p + "mlp.down_proj.weight": (H, MLP),
-                   p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,)}
-    return shapes | {"llm.model.model.norm.weight": (H,), "llm.model.lm_head.weight": (TEXT_VOCAB, H),
-                     "llm_decoder.weight": (S + 3, H), "llm_decoder.bias": (S + 3,),
-                     "speech_embedding.weight": (S + 3, H)}
+        shapes |= {
+            p + "self_attn.q_proj.weight": (H, H),
+            p + "self_attn.q_proj.bias": (H,),
+            p + "self_attn.k_proj.weight": (KV, H),
+            p + "self_attn.k_proj.bias": (KV,),
+            p + "self_attn.v_proj.weight": (KV, H),
+            p + "self_attn.v_proj.bias": (KV,),
+            p + "self_attn.o_proj.weight": (H, H),
+            p + "mlp.gate_proj.weight": (MLP, H),
+            p + "mlp.up_proj.weight": (MLP, H),
+            p + "mlp.down_proj.weight": (H, MLP),
+            p + "input_layernorm.weight": (H,),
+            p + "post_attention_layernorm.weight": (H,),
+        }
+    return shapes | {
+        "llm.model.model.norm.weight": (H,),
+        "llm.model.lm_head.weight": (TEXT_VOCAB, H),
+        "llm_decoder.weight": (S + 3, H),
+        "llm_decoder.bias": (S + 3,),
+        "speech_embedding.weight": (S + 3, H),
+    }
 
 
 def shapes_of(state: dict) -> dict[str, tuple[int, ...]]:
@@ -69,14 +96,20 @@ def cosyvoice_logits(model_dir, text_ids: list[int], prompt_codes: list[int]) ->
     llm.pt loaded on top, input = sos, text embeddings, task id, prompt speech embeddings (Qwen2LM.inference)."""
     state = torch.load(model_dir / "llm.pt", weights_only=True)
     qwen = Qwen2ForCausalLM.from_pretrained(model_dir / BLANK).eval()
-    qwen.load_state_dict({k[len("llm.model."):]: v for k, v in state.items() if k.startswith("llm.model.")})
+    qwen.load_state_dict({k[len("llm.model.") :]: v for k, v in state.items() if k.startswith("llm.model.")})
     llm_embedding = nn.Embedding.from_pretrained(state["llm_embedding.weight"])
     speech_embedding = nn.Embedding.from_pretrained(state["speech_embedding.weight"])
     decoder = nn.Linear(H, S + 3)
     decoder.load_state_dict({"weight": state["llm_decoder.weight"], "bias": state["llm_decoder.bias"]})
     with torch.no_grad():
-        lm_input = torch.cat([llm_embedding.weight[0:1], qwen.model.embed_tokens(torch.tensor(text_ids)),
-                              llm_embedding.weight[1:2], speech_embedding(torch.tensor(prompt_codes))])[None]
+        lm_input = torch.cat(
+            [
+                llm_embedding.weight[0:1],
+                qwen.model.embed_tokens(torch.tensor(text_ids)),
+                llm_embedding.weight[1:2],
+                speech_embedding(torch.tensor(prompt_codes)),
+            ]
+        )[None]
         hidden = qwen(inputs_embeds=lm_input, output_hidden_states=True).hidden_states[-1]
         return decoder(hidden)
 
@@ -105,13 +138,35 @@ def test_loads_a_download_written_by_cosyvoice_and_keeps_its_config_format(tmp_p
     d = tmp_path / "CosyVoice2-0.5B"
     (d / BLANK).mkdir(parents=True)
     torch.save({**model.state_dict(), "epoch": 3, "step": 1000}, d / "llm.pt")
-    (d / BLANK / "config.json").write_text(json.dumps({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "attention_dropout": 0.0,
-        "bos_token_id": 99, "eos_token_id": 99, "hidden_act": "silu", "hidden_size": H, "initializer_range": 0.02,
-        "intermediate_size": MLP, "max_position_embeddings": 256, "max_window_layers": 4, "num_attention_heads": 4,
-        "num_hidden_layers": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "sliding_window": 256, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-        "transformers_version": "4.43.1", "use_cache": True, "use_sliding_window": False, "vocab_size": TEXT_VOCAB}))
+    (d / BLANK / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "attention_dropout": 0.0,
+                "bos_token_id": 99,
+                "eos_token_id": 99,
+                "hidden_act": "silu",
+                "hidden_size": H,
+                "initializer_range": 0.02,
+                "intermediate_size": MLP,
+                "max_position_embeddings": 256,
+                "max_window_layers": 4,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 4,
+                "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 1000000.0,
+                "sliding_window": 256,
+                "tie_word_embeddings": True,
+                "torch_dtype": "bfloat16",
+                "transformers_version": "4.43.1",
+                "use_cache": True,
+                "use_sliding_window": False,
+                "vocab_size": TEXT_VOCAB,
+            }
+        )
+    )
     loaded = load_cosyvoice_llm(d)
     assert loaded.config.speech_token_size == S and loaded.dtype == torch.float32
     ids = torch.tensor([[S + 3, S + 5, S + 9, S + 12, S + 4, 3, 17, 60, 5]])
@@ -148,8 +203,10 @@ def test_pruned_student_exports_for_cosyvoice(teacher_dir, tmp_path):
     student = drop_layers(teacher, drop=[1, 2])
     assert student.llm.model.config is student.config  # one config: the inner Qwen2 sees the new layer count
     assert shapes_of(student.state_dict()) == expected_shapes(2)
-    torch.testing.assert_close(student.state_dict()["llm.model.model.layers.1.mlp.up_proj.weight"],
-                               teacher.state_dict()["llm.model.model.layers.3.mlp.up_proj.weight"])
+    torch.testing.assert_close(
+        student.state_dict()["llm.model.model.layers.1.mlp.up_proj.weight"],
+        teacher.state_dict()["llm.model.model.layers.3.mlp.up_proj.weight"],
+    )
     ids = torch.tensor([[S + 3, S + 5, S + 4, 1, 2]])
     with torch.no_grad(), layers_removed(teacher, [1, 2]):  # how the importance scorers try layer sets
         torch.testing.assert_close(teacher(input_ids=ids).logits, student(input_ids=ids).logits)
@@ -164,8 +221,9 @@ def test_pruned_student_exports_for_cosyvoice(teacher_dir, tmp_path):
 
     family = CosyVoice2Family.from_dir(out, speech_token_size=S)
     prompt = family.prompt_ids("hi there", "ok", [5, 9, 2])
-    text = family.tokenizer.encode("hi there", add_special_tokens=False) + \
-        family.tokenizer.encode("ok", add_special_tokens=False)
+    text = family.tokenizer.encode("hi there", add_special_tokens=False) + family.tokenizer.encode(
+        "ok", add_special_tokens=False
+    )
     with torch.no_grad():
         ours = load_cosyvoice_llm(out)(input_ids=torch.tensor([prompt])).logits
     torch.testing.assert_close(ours, cosyvoice_logits(out, text, [5, 9, 2]))
@@ -181,16 +239,16 @@ def test_generate_with_cache_left_padding_and_one_at_a_time():
     kw = dict(do_sample=False, max_new_tokens=12, eos_token_id=f.end_id, pad_token_id=f.pad_id)
     ids, mask = left_pad(prompts, f.pad_id)
     with torch.no_grad():
-        cached = model.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
-        uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kw)[:, ids.shape[1]:]
-        singles = [model.generate(input_ids=torch.tensor([p]), **kw)[0, len(p):] for p in prompts]
+        cached = model.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1] :]
+        uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kw)[:, ids.shape[1] :]
+        singles = [model.generate(input_ids=torch.tensor([p]), **kw)[0, len(p) :] for p in prompts]
     assert torch.equal(cached, uncached)
     assert (cached < S + 3).all()  # only speech ids come out, so they feed back through speech_embedding
     assert [len(f.codes_of(row.tolist())) for row in cached] == [1, 5, 7]
     for row, single in zip(cached, singles):
         assert single[-1] == f.end_id
         assert torch.equal(row[: len(single)], single)
-        assert (row[len(single):] == f.pad_id).all()  # finished early: padded after eos
+        assert (row[len(single) :] == f.pad_id).all()  # finished early: padded after eos
 
 
 def test_save_pretrained_round_trip_and_family_loads_both_layouts(teacher_dir, tmp_path):
@@ -232,8 +290,10 @@ def test_one_distillation_step_moves_the_student():
     teacher.set_attn_implementation("eager")  # attention maps for the attention term
     student.set_attn_implementation("eager")
     f = CosyVoice2Family(tokenizer(), S)
-    pairs = [(Sample("ab c", "x", (1, 2, 3)), Sample("de", "x", (4, 5, 6, 7))),
-             (Sample("f", "y", (8,)), Sample("gh ij", "y", (9, 10)))]
+    pairs = [
+        (Sample("ab c", "x", (1, 2, 3)), Sample("de", "x", (4, 5, 6, 7))),
+        (Sample("f", "y", (8,)), Sample("gh ij", "y", (9, 10))),
+    ]
     batch = collate(f, pairs)
     weights = {"kl": 1.0, "latent": 1.0, "attention": 0.5, "embedding": 0.1, "ce": 0.5}
     spec = loss_spec(DistillConfig(weights=weights, on_policy=0.0), f.speech_ids, [0, 3], 4, f.pad_id, f.end_id)
@@ -307,8 +367,9 @@ def tiny_s3_tokenizer():
     from orchestrator.speech.s3tokens import S3Tokenizer
 
     torch.manual_seed(0)
-    return S3Tokenizer(S3TokenizerV2("speech_tokenizer_v2_25hz", ModelConfig(n_audio_state=128, n_audio_head=2,
-                                                                              n_audio_layer=1)))
+    return S3Tokenizer(
+        S3TokenizerV2("speech_tokenizer_v2_25hz", ModelConfig(n_audio_state=128, n_audio_head=2, n_audio_layer=1))
+    )
 
 
 def test_s3_tokens_of_audio_at_25_per_second(tmp_path):

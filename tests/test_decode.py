@@ -1,6 +1,7 @@
 """generation.decode: the fast paths against transformers' generate, the speech-only head against
 the full head, CosyVoice's repetition-aware sampler against CosyVoice's own code, and CosyVoice's
 stop and length rules."""
+
 import collections
 import sys
 from pathlib import Path
@@ -42,16 +43,22 @@ def case(name, mini, tmp_path_factory):
     if name == "llasa":
         family = LlasaFamily(llasa_tokenizer(), dtype=torch.float32)
         model = family.load_model(str(save_tiny_llasa(tmp_path_factory.mktemp("llasa"), layers=3))).eval()
-        prompts = [family.prompt_ids("hi", "one two", [1, 2, 3]), family.prompt_ids("a", "b", [4]),
-                   family.prompt_ids("", "longer text here", [7, 8])]
+        prompts = [
+            family.prompt_ids("hi", "one two", [1, 2, 3]),
+            family.prompt_ids("a", "b", [4]),
+            family.prompt_ids("", "longer text here", [7, 8]),
+        ]
         return family, model, prompts, 12
     family = CosyVoice2Family(tokenizer(), S)
     model = tiny_lm(4, seed=2)
     with torch.no_grad():  # clear greedy margins, eos reached at different steps per prompt
         model.llm_decoder.weight.mul_(40)
         model.llm_decoder.bias[S] += 4
-    prompts = [family.prompt_ids("ab", "cde", [1, 2, 3]), family.prompt_ids("x", "yz w", [5]),
-               family.prompt_ids("", "q", [])]
+    prompts = [
+        family.prompt_ids("ab", "cde", [1, 2, 3]),
+        family.prompt_ids("x", "yz w", [5]),
+        family.prompt_ids("", "q", []),
+    ]
     return family, model, prompts, 12
 
 
@@ -90,7 +97,7 @@ def test_speech_head_samples_the_full_heads_distribution_renormalised():
     expected = torch.zeros(97)
     expected[list(head_ids)] = full[list(head_ids)].softmax(-1)  # masked to the head ids and renormalised
     sliced = torch.nn.functional.linear(hidden, weight, bias).softmax(-1)
-    torch.testing.assert_close(sliced, expected[first:first + len(sliced)], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(sliced, expected[first : first + len(sliced)], rtol=1e-5, atol=1e-7)
 
     rules = DecodingRules(stop_ids=(5,), eos_id=5, head_ids=head_ids, pad_id=0, sampler=Sampler())
     n = 20000
@@ -109,7 +116,7 @@ def ras_sampling(weighted_scores, decoded_tokens, sampling, top_p=0.8, top_k=25,
     top_ids = nucleus_sampling(weighted_scores, top_p=top_p, top_k=top_k)
     rep_num = (torch.tensor(decoded_tokens[-win_size:]).to(weighted_scores.device) == top_ids).sum().item()
     if rep_num >= win_size * tau_r:
-        weighted_scores[top_ids] = -float('inf')
+        weighted_scores[top_ids] = -float("inf")
         top_ids = random_sampling(weighted_scores, decoded_tokens, sampling)
     return top_ids
 
@@ -146,8 +153,11 @@ def test_ras_draws_as_cosyvoices_ras_sampling(history):
     n = 6000
     reference = collections.Counter(ras_sampling(weighted.clone(), list(history), 25) for _ in range(n))
     rows = torch.tensor([history] * n, dtype=torch.long).reshape(n, len(history))
-    ours = collections.Counter(ras_sample(weighted.expand(n, -1).clone(), rows, torch.full((n,), len(history)),
-                                          Sampler("ras", top_k=25, top_p=0.8)).tolist())
+    ours = collections.Counter(
+        ras_sample(
+            weighted.expand(n, -1).clone(), rows, torch.full((n,), len(history)), Sampler("ras", top_k=25, top_p=0.8)
+        ).tolist()
+    )
     tv = 0.5 * sum(abs(reference[t] - ours[t]) / n for t in set(reference) | set(ours))
     assert tv < 0.05, (reference.most_common(5), ours.most_common(5))
 
@@ -181,8 +191,10 @@ def synthesize_lengths(model, texts):
     from orchestrator.world import EvalItem
 
     family = CosyVoice2Family(tokenizer(), S)
-    cfg = load_config("configs/mini.yaml", ["evaluate.max_new_tokens=500", "evaluate.top_k=25",
-                                            "evaluate.top_p=0.8", "evaluate.temperature=1.0"]).evaluate
+    cfg = load_config(
+        "configs/mini.yaml",
+        ["evaluate.max_new_tokens=500", "evaluate.top_k=25", "evaluate.top_p=0.8", "evaluate.temperature=1.0"],
+    ).evaluate
     items = [EvalItem(f"i{k}", "ab", (1, 2), t) for k, t in enumerate(texts)]
     return [len(c) for c in synthesize(model, family, items, cfg)]
 

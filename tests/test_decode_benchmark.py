@@ -1,5 +1,6 @@
 """The decode benchmark's code path, on the CPU with a tiny shape: every path of every model is
 measured in one run, ratios are relative to the teacher of the same batch."""
+
 import importlib.util
 from pathlib import Path
 
@@ -17,11 +18,22 @@ def load_benchmark():
 
 def test_decode_benchmark_measures_students_and_paths_against_the_teacher():
     bench = load_benchmark()
-    rows = bench.run_shape("tiny", [0.5], [1, 2], prompt=8, new=6, repeats=1, device=torch.device("cpu"),
-                           dtype=torch.float32, fast="static", log=lambda *_: None)
+    rows = bench.run_shape(
+        "tiny",
+        [0.5],
+        [1, 2],
+        prompt=8,
+        new=6,
+        repeats=1,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        fast="static",
+        log=lambda *_: None,
+    )
     paths = ["eager, full head", "eager, speech head", "fast (static), speech head"]
     assert [(r["model"], r["path"], r["batch"]) for r in rows] == [
-        (m, p, b) for b in (1, 2) for m in ("8 layers (teacher)", "4 layers") for p in paths]
+        (m, p, b) for b in (1, 2) for m in ("8 layers (teacher)", "4 layers") for p in paths
+    ]
     by = {(r["model"], r["path"], r["batch"]): r for r in rows}
     eager_teacher = by[("8 layers (teacher)", "eager, full head", 1)]
     student = by[("4 layers", "eager, speech head", 1)]

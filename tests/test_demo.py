@@ -1,4 +1,5 @@
 """The whole method end to end on a reduced mini world: real code paths, seconds not minutes."""
+
 import json
 
 from orchestrator.cli import main
@@ -9,8 +10,13 @@ def test_demo_end_to_end_on_a_reduced_world(tiny_cfg, tmp_path, capsys, monkeypa
     args = ["--config", "configs/mini.yaml", "--quiet"]
     from conftest import TINY_WORLD
 
-    sets = TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}", f"output_dir={runs}",
-                         "distill.data_fraction=0.5", "distill.batch_size=4", "score.scorers=[wli, last_n, block_influence]"]
+    sets = TINY_WORLD + [
+        f"world.teacher.path={tmp_path / 'no-teacher'}",
+        f"output_dir={runs}",
+        "distill.data_fraction=0.5",
+        "distill.batch_size=4",
+        "score.scorers=[wli, last_n, block_influence]",
+    ]
     for s in sets:
         args += ["--set", s]
     assert main(["demo", *args]) == 0

@@ -1,10 +1,9 @@
-
 import pytest
 import torch
-
 from conftest import tiny_llama
+
 from orchestrator.config import DistillConfig
-from orchestrator.distill.loop import (LossSpec, load_checkpoint, loss_spec, make_state, save_checkpoint, train_step)
+from orchestrator.distill.loop import LossSpec, load_checkpoint, loss_spec, make_state, save_checkpoint, train_step
 from orchestrator.prune.surgery import drop_layers
 
 SPEECH = torch.arange(40, 97)
@@ -154,7 +153,9 @@ def test_data_budget_holds_distinct_pairs_within_the_fraction(tiny_cfg, tiny_wor
     cfg = tiny_cfg.model_copy(update={"distill": DistillConfig(data_fraction=0.25, batch_size=4, epochs=3)})
     b = plan_budget(cfg, tiny_world, teacher_tokens)
     assert b.pairs % 4 == 0 and b.pairs >= 4
-    assert b.unique_tokens == sum(len(tiny_world.family.training_ids(*tiny_world.train_pairs[i])[0]) for i in range(b.pairs))
+    assert b.unique_tokens == sum(
+        len(tiny_world.family.training_ids(*tiny_world.train_pairs[i])[0]) for i in range(b.pairs)
+    )
     assert b.unique_tokens <= 0.25 * teacher_tokens
     assert b.tokens == 3 * b.unique_tokens  # processed = data x epochs
     tiny = tiny_cfg.model_copy(update={"distill": DistillConfig(data_fraction=0.001, batch_size=4)})

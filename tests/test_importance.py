@@ -1,8 +1,7 @@
-
 import pytest
 import torch
-
 from conftest import make_identity
+
 from orchestrator.builders import scoring_context
 from orchestrator.distill.losses import speech_ce
 from orchestrator.prune import select
@@ -35,8 +34,9 @@ def test_block_influence_is_one_minus_cosine(random_teacher, ctx):
     mask = batch["attention_mask"].bool()
     cos = torch.nn.functional.cosine_similarity(states[1][mask], states[2][mask], dim=-1).mean()
     assert len(ctx.calibration_batches()) == 2  # 16 pairs in batches of 8: the score averages both
-    s_one = score_layers("block_influence", random_teacher,
-                         type(ctx)(ctx.world, ctx.eval_cfg, ctx.n_items, 8, ctx.n_drop, 8))
+    s_one = score_layers(
+        "block_influence", random_teacher, type(ctx)(ctx.world, ctx.eval_cfg, ctx.n_items, 8, ctx.n_drop, 8)
+    )
     assert s_one.scores[1] == pytest.approx(1 - float(cos), abs=1e-5)
     assert s.evidence["cos_in_out"][1] == pytest.approx(1 - s.scores[1])
 
@@ -54,8 +54,10 @@ def test_loss_delta_matches_a_manual_computation(random_teacher, ctx):
 
     def loss(m):
         with torch.no_grad():
-            return sum(float(speech_ce(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-                                       b["labels"])) for b in batches) / len(batches)
+            return sum(
+                float(speech_ce(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]))
+                for b in batches
+            ) / len(batches)
 
     assert s.scores[3] == pytest.approx(loss(drop_layers(random_teacher, drop=[3])) - loss(random_teacher), abs=1e-5)
 

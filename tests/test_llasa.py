@@ -1,5 +1,6 @@
 """LLaSA's prompt and token layout, checked against the reference's ids, and the core's
 prune / generate / distil path on a tiny random LLaSA."""
+
 import sys
 from pathlib import Path
 
@@ -29,12 +30,12 @@ def test_prompt_ids_follow_the_model_card(family):
     ids = family.prompt_ids("Hello there.", "Say this", [0, 5, 65535])
     assert ids[-4:] == [SPEECH_GENERATION_START, SPEECH_0, SPEECH_0 + 5, SPEECH_0 + 65535]
     start, end = ids.index(TEXT_UNDERSTANDING_START), ids.index(TEXT_UNDERSTANDING_END)
-    assert tok.decode(ids[start + 1:end]) == "Hello there.Say this"  # the card: prompt_text + target_text
+    assert tok.decode(ids[start + 1 : end]) == "Hello there.Say this"  # the card: prompt_text + target_text
     before = tok.decode(ids[:start])
     assert before.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>")
     assert before.endswith("Convert the text to speech:")
     # the user turn closes, the assistant turn opens and stays open (no <|eot_id|> after it)
-    between = tok.decode(ids[end + 1:-4])
+    between = tok.decode(ids[end + 1 : -4])
     assert between == "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     assert ids.count(128009) == 1
 
@@ -48,14 +49,17 @@ def test_prompt_ids_equal_the_model_cards_own_construction(family):
     prompt_text, target_text, prefix = "Hello there.", "Say this", [0, 5, 65535]
     input_text = prompt_text + target_text
     formatted_text = f"<|TEXT_UNDERSTANDING_START|>{input_text}<|TEXT_UNDERSTANDING_END|>"
-    chat = [{"role": "user", "content": "Convert the text to speech:" + formatted_text},
-            {"role": "assistant", "content": "<|SPEECH_GENERATION_START|>"}]
+    chat = [
+        {"role": "user", "content": "Convert the text to speech:" + formatted_text},
+        {"role": "assistant", "content": "<|SPEECH_GENERATION_START|>"},
+    ]
     card = tok.apply_chat_template(chat, tokenize=True, continue_final_message=True)
     card = list(card["input_ids"] if hasattr(card, "keys") else card) + [SPEECH_0 + k for k in prefix]
     assert family.prompt_ids(prompt_text, target_text, prefix) == card
     spaced = LlasaFamily(tok, dtype=torch.float32, prompt_join=" ")  # the documented departure
-    chat[0]["content"] = f"Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{prompt_text} {target_text}" \
-                         "<|TEXT_UNDERSTANDING_END|>"
+    chat[0]["content"] = (
+        f"Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{prompt_text} {target_text}<|TEXT_UNDERSTANDING_END|>"
+    )
     card_spaced = tok.apply_chat_template(chat, tokenize=True, continue_final_message=True)
     card_spaced = list(card_spaced["input_ids"] if hasattr(card_spaced, "keys") else card_spaced)
     assert spaced.prompt_ids(prompt_text, target_text, prefix) == card_spaced + [SPEECH_0 + k for k in prefix]
@@ -74,7 +78,7 @@ def test_training_ids_score_the_speech_span_only(family):
     ids, labels = family.training_ids(prompt, target)
     assert ids[-6:] == [SPEECH_0 + 1, SPEECH_0 + 2, SPEECH_0 + 9, SPEECH_0 + 8, SPEECH_0 + 7, SPEECH_GENERATION_END]
     k = ids.index(SPEECH_GENERATION_START)
-    assert labels[: k + 1] == [-100] * (k + 1) and labels[k + 1:] == ids[k + 1:]
+    assert labels[: k + 1] == [-100] * (k + 1) and labels[k + 1 :] == ids[k + 1 :]
 
 
 def test_a_tokenizer_with_another_layout_is_refused():
@@ -83,8 +87,8 @@ def test_a_tokenizer_with_another_layout_is_refused():
 
 
 def test_prune_generate_and_one_distillation_step(tmp_path, family):
-    from orchestrator.config import load_config
     from orchestrator.batching import left_pad
+    from orchestrator.config import load_config
     from orchestrator.distill.data import collate
     from orchestrator.distill.loop import loss_spec, make_state, train_step
     from orchestrator.prune.surgery import drop_layers
@@ -94,20 +98,29 @@ def test_prune_generate_and_one_distillation_step(tmp_path, family):
     student = drop_layers(teacher, drop=[1, 2])
     prompts = [family.prompt_ids("hi", "one two", [1, 2, 3]), family.prompt_ids("a", "b", [4])]
     ids, mask = left_pad(prompts, family.pad_id)
-    out = student.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
-                           eos_token_id=family.end_id, pad_token_id=family.pad_id)
-    codes = [family.codes_of(row[ids.shape[1]:].tolist()) for row in out]
+    out = student.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=8,
+        eos_token_id=family.end_id,
+        pad_token_id=family.pad_id,
+    )
+    codes = [family.codes_of(row[ids.shape[1] :].tolist()) for row in out]
     assert all(len(c) > 0 for c in codes)  # the random model speaks: its tokens map back to codes
     assert all(0 <= c < 65536 for row in codes for c in row)
 
     cfg = load_config("configs/mini.yaml", ["distill.on_policy=0", "distill.weights.latent=1.0"])
-    spec = loss_spec(cfg.distill, family.speech_ids, kept=[0, 3], n_teacher=4, pad_id=family.pad_id,
-                     end_id=family.end_id)
+    spec = loss_spec(
+        cfg.distill, family.speech_ids, kept=[0, 3], n_teacher=4, pad_id=family.pad_id, end_id=family.end_id
+    )
     for p in student.parameters():
         p.requires_grad_(True)
     state = make_state(student, 1e-3, 0, 4)
-    pairs = [(Sample("hi", "s", (1, 2)), Sample("one two", "s", (3, 4, 5))),
-             (Sample("a", "t", (6,)), Sample("b", "t", (7, 8)))]
+    pairs = [
+        (Sample("hi", "s", (1, 2)), Sample("one two", "s", (3, 4, 5))),
+        (Sample("a", "t", (6,)), Sample("b", "t", (7, 8))),
+    ]
     before = student.model.layers[0].mlp.up_proj.weight.clone()
     metrics = train_step(state, [collate(family, pairs)], spec, teacher, 1.0)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["latent"] > 0

@@ -56,7 +56,9 @@ def test_speaker_verifier_tells_voices_apart():
 
 
 def test_family_follows_llasa_layout():
-    cfg = load_config(None, ["world.mini.n_sentences=300", "world.mini.dev_sentences=20", "world.mini.test_sentences=20"])
+    cfg = load_config(
+        None, ["world.mini.n_sentences=300", "world.mini.dev_sentences=20", "world.mini.test_sentences=20"]
+    )
     world = build_mini_world(cfg, n_pairs=8)
     f = world.family
     n_text = len(f.text_vocab)
@@ -67,7 +69,7 @@ def test_family_follows_llasa_layout():
     sgs = ids.index(f.special["SPEECH_GENERATION_START"])
     assert ids[:2] == [f.bos_id, f.special["TEXT_UNDERSTANDING_START"]]
     assert ids[sgs - 1] == f.special["TEXT_UNDERSTANDING_END"]
-    assert [t - f.speech_offset for t in ids[sgs + 1:]] == list(item.prompt_codes)
+    assert [t - f.speech_offset for t in ids[sgs + 1 :]] == list(item.prompt_codes)
     assert f.codes_of([f.speech_offset + 5, f.speech_offset, f.end_id, f.speech_offset + 1]) == [5, 0]
     batch = collate(f, [world.train_pairs[i] for i in range(4)])
     labels, ids = batch["labels"], batch["input_ids"]
@@ -97,6 +99,9 @@ def test_shipped_teacher_matches_its_config_and_speaks():
     model = load_model(world, path, torch.device("cpu"))
     t = cfg.world.teacher
     assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (
-        t.layers, t.hidden, world.family.vocab_size)
+        t.layers,
+        t.hidden,
+        world.family.vocab_size,
+    )
     result = evaluate_model(model, world, world.test_items[:32], cfg.evaluate)
     assert result.wer < 0.10 and result.sim > 0.5

@@ -5,6 +5,7 @@ MLflow server with a sqlite store, and the mini sweep submitted with `ray job su
 The test stops exactly the processes it started (each started in its own process group;
 never a machine-wide Ray shutdown, which would end every Ray process on the machine).
 """
+
 import json
 import os
 import signal
@@ -16,12 +17,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import TINY_WORLD, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
 
 
 class Started:
@@ -32,8 +31,9 @@ class Started:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, args: list[str], log: Path) -> subprocess.Popen:
-        p = subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            args, env=self.env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(p)
         return p
 
@@ -86,8 +86,12 @@ def alive_nodes(dashboard: str) -> int:
 
 
 def mlflow_api(base: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"}, method="POST" if body else "GET")
+    req = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{path}",
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body else "GET",
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -95,30 +99,80 @@ def mlflow_api(base: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def cluster(tmp_path):
     """A Ray head (4 logical CPUs) + a second node (4), and an MLflow server, on free ports."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     env.pop("RAY_ADDRESS", None)
     started = Started(env)
     gcs, dash, mlflow_port = free_port(), free_port(), free_port()
     temp = Path(f"/tmp/prt-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     try:
-        started.start([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-                       "--num-cpus=4", "--num-gpus=0", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                       "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"], tmp_path / "head.log")
-        started.start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                       "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-                       "--port", str(mlflow_port), "--workers", "1"], tmp_path / "mlflow.log")
+        started.start(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={gcs}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=4",
+                "--num-gpus=0",
+                f"--dashboard-port={dash}",
+                "--dashboard-host=127.0.0.1",
+                "--include-dashboard=true",
+                f"--temp-dir={temp}",
+                "--disable-usage-stats",
+            ],
+            tmp_path / "head.log",
+        )
+        started.start(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            tmp_path / "mlflow.log",
+        )
         wait_for(lambda: http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "the Ray head's dashboard")
         if os.environ.get("PRT_SECOND_NODE", "1") == "1":
             # its own temp dir: two nodes sharing one session directory lose the job's working directory
-            started.start([str(BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{gcs}",
-                           "--node-ip-address=127.0.0.1", "--num-cpus=4", "--num-gpus=0", f"--temp-dir={temp}-2"],
-                          tmp_path / "worker.log")
+            started.start(
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--block",
+                    f"--address=127.0.0.1:{gcs}",
+                    "--node-ip-address=127.0.0.1",
+                    "--num-cpus=4",
+                    "--num-gpus=0",
+                    f"--temp-dir={temp}-2",
+                ],
+                tmp_path / "worker.log",
+            )
             wait_for(lambda: alive_nodes(f"http://127.0.0.1:{dash}") == 2, 120, "the second Ray node")
             time.sleep(5)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, "the MLflow server")
-        yield {"env": env, "dashboard": f"http://127.0.0.1:{dash}", "mlflow": f"http://127.0.0.1:{mlflow_port}",
-               "tmp": tmp_path, "gcs": f"127.0.0.1:{gcs}"}
+        yield {
+            "env": env,
+            "dashboard": f"http://127.0.0.1:{dash}",
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+            "tmp": tmp_path,
+            "gcs": f"127.0.0.1:{gcs}",
+        }
     finally:
         started.stop()
         subprocess.run(["rm", "-rf", str(temp), f"{temp}-2"])
@@ -129,14 +183,38 @@ def cluster(tmp_path):
 
 def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
     tmp = cluster["tmp"]
-    sets = TINY_WORLD + [f"world.teacher.path={tmp / 'no-teacher'}", f"output_dir={tmp / 'runs'}",
-                         f"sweep.storage_path={tmp / 'sweeps'}", f"tracking.uri={cluster['mlflow']}",
-                         "sweep.ratio=[0.25, 0.5]", "train.num_workers=2", "train.report_every=2",
-                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1"]
-    runtime_env = {"env_vars": {"PRUN_TTS_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"},
-                   "excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"]}
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/sweep.py", "--config", "configs/mini.yaml"]
+    sets = TINY_WORLD + [
+        f"world.teacher.path={tmp / 'no-teacher'}",
+        f"output_dir={tmp / 'runs'}",
+        f"sweep.storage_path={tmp / 'sweeps'}",
+        f"tracking.uri={cluster['mlflow']}",
+        "sweep.ratio=[0.25, 0.5]",
+        "train.num_workers=2",
+        "train.report_every=2",
+        "distill.data_fraction=0.5",
+        "distill.batch_size=4",
+        "distill.epochs=1",
+    ]
+    runtime_env = {
+        "env_vars": {"PRUN_TTS_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"},
+        "excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"],
+    }
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "jobs/sweep.py",
+        "--config",
+        "configs/mini.yaml",
+    ]
     for s in sets:
         cmd += ["--set", s]
     r = subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -144,7 +222,9 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
     assert "trade-off" in r.stdout and cluster["mlflow"] in r.stdout
 
     exp = mlflow_api(cluster["mlflow"], "experiments/get-by-name?experiment_name=prun-tts")["experiment"]
-    runs = mlflow_api(cluster["mlflow"], "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    runs = mlflow_api(cluster["mlflow"], "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})[
+        "runs"
+    ]
 
     def tags(run):
         return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
@@ -174,7 +254,9 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
         assert len(p["dropped_layers"].split("-")) + len(p["kept_layers"].split("-")) == 4
         assert m["wer_delta"] == pytest.approx(m["wer"] - teacher["wer"])
         assert m["params_m"] < teacher["params_m"]
-        curve = mlflow_api(cluster["mlflow"], f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=train/loss")
+        curve = mlflow_api(
+            cluster["mlflow"], f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=train/loss"
+        )
         assert len(curve["metrics"]) >= 2  # a training curve, one point per step
         arts = mlflow_api(cluster["mlflow"], f"artifacts/list?run_id={run['info']['run_id']}")
         assert {"student", "evaluation.json"} <= {f["path"] for f in arts.get("files", [])}

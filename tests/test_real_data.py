@@ -1,6 +1,7 @@
 """The real worlds' data plumbing on files written by the test: training manifest,
 speech-token shards and pairs, Seed-TTS-eval lists, the hours budget, and evaluation
 that resumes where a stopped run left off."""
+
 import json
 
 import numpy as np
@@ -27,8 +28,12 @@ def test_manifest_resolves_relative_audio_and_names_every_bad_line(tmp_path):
     rows = read_manifest(tmp_path / "ok.jsonl")
     assert rows == [{"id": "00000001", "audio": str(tmp_path / "wavs" / "a.wav"), "text": "hello", "speaker": "s1"}]
 
-    lines = [json.dumps(good), "{not json", json.dumps({"audio": "wavs/a.wav", "text": " "}),
-             json.dumps({**good, "audio": "wavs/missing.wav"})]
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"audio": "wavs/a.wav", "text": " "}),
+        json.dumps({**good, "audio": "wavs/missing.wav"}),
+    ]
     (tmp_path / "bad.jsonl").write_text("\n".join(lines))
     with pytest.raises(ConfigError) as e:
         read_manifest(tmp_path / "bad.jsonl")
@@ -40,8 +45,14 @@ def test_manifest_resolves_relative_audio_and_names_every_bad_line(tmp_path):
 
 
 def test_pairs_prompt_each_utterance_with_the_same_speaker_in_manifest_order():
-    s = [Sample("a", "x", (1,)), Sample("b", "y", (2,)), Sample("c", "x", (3,)), Sample("d", "z", (4,)),
-         Sample("e", "y", (5,)), Sample("f", "x", (6,))]
+    s = [
+        Sample("a", "x", (1,)),
+        Sample("b", "y", (2,)),
+        Sample("c", "x", (3,)),
+        Sample("d", "z", (4,)),
+        Sample("e", "y", (5,)),
+        Sample("f", "x", (6,)),
+    ]
     pairs = speaker_pairs(s)
     assert [(p.text, t.text) for p, t in pairs] == [("c", "a"), ("e", "b"), ("f", "c"), ("b", "e"), ("a", "f")]
     assert all(p.speaker == t.speaker and p is not t for p, t in pairs)  # z has one utterance: no pair
@@ -73,11 +84,15 @@ class CountingCodec:
 def test_seedtts_list_is_read_and_prompts_are_encoded_on_first_use(tmp_path):
     _wav(tmp_path / "prompt-wavs" / "p1.wav")
     _wav(tmp_path / "prompt-wavs" / "p2.wav")
-    (tmp_path / "meta.lst").write_text("u1|Prompt one.|prompt-wavs/p1.wav|Target one.\n"
-                                       "u2|Prompt two.|prompt-wavs/p2.wav|Target two.|wavs/u2.wav\n")
+    (tmp_path / "meta.lst").write_text(
+        "u1|Prompt one.|prompt-wavs/p1.wav|Target one.\nu2|Prompt two.|prompt-wavs/p2.wav|Target two.|wavs/u2.wav\n"
+    )
     assert read_meta_list(tmp_path / "meta.lst")[1] == {
-        "name": "u2", "prompt_text": "Prompt two.", "prompt_audio": str(tmp_path / "prompt-wavs" / "p2.wav"),
-        "target_text": "Target two."}
+        "name": "u2",
+        "prompt_text": "Prompt two.",
+        "prompt_audio": str(tmp_path / "prompt-wavs" / "p2.wav"),
+        "target_text": "Target two.",
+    }
     codec = CountingCodec()
     items = SeedTTSItems(tmp_path / "meta.lst", codec)
     assert len(items) == 2 and codec.calls == []  # nothing encoded until an item is used
@@ -101,7 +116,7 @@ def test_budget_in_hours_counts_prompt_and_target_speech(tiny_cfg):
     sizes = [len(p.codes) + len(t.codes) for p, t in (world.train_pairs[i] for i in range(len(world.train_pairs)))]
     fit = int(np.searchsorted(np.cumsum(sizes), 900, side="right"))  # pairs that fit, in order
     assert 0 < b.pairs == fit - fit % cfg.distill.batch_size < len(sizes)
-    assert b.hours == pytest.approx(sum(sizes[:b.pairs]) / 50.0 / 3600)
+    assert b.hours == pytest.approx(sum(sizes[: b.pairs]) / 50.0 / 3600)
     cfg.distill.data_hours = 1e-6
     with pytest.raises(ConfigError, match="data_hours"):
         plan_budget(cfg, world, None)
@@ -123,7 +138,9 @@ def test_evaluation_resumes_where_a_stopped_run_left_off(tiny_cfg, tmp_path, mon
     results.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])  # stopped while writing the second batch
     seen = []
     real = synthesis.synthesize
-    monkeypatch.setattr(synthesis, "synthesize", lambda m, f, its, *a, **k: seen.extend(its) or real(m, f, its, *a, **k))
+    monkeypatch.setattr(
+        synthesis, "synthesize", lambda m, f, its, *a, **k: seen.extend(its) or real(m, f, its, *a, **k)
+    )
     again = synthesis.evaluate_model(teacher, world, items, ev, results=results)
     assert [it.name for it in seen] == [it.name for it in items[4:]]  # the first batch was complete: skipped
     assert [r["name"] for r in again.items] == [it.name for it in items]

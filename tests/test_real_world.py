@@ -3,6 +3,7 @@ class saved to disk (LLaSA's Llama, X-Codec2, Whisper, WavLM): prompt audio -> c
 prompt -> generate -> decode -> transcribe -> WER and similarity; speech-token shards
 with Ray Data; prune and distil from the shards; resumable `prun-tts evaluate`; and the
 cosyvoice2 world's messages for what is not installed here."""
+
 import json
 import sys
 from pathlib import Path
@@ -43,9 +44,15 @@ def llasa_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llasa-world")
     save_tiny_llasa(root / "llasa", layers=4)
     codec, asr, sv = tiny_xcodec2(), tiny_whisper(), tiny_wavlm()
-    for part, d in ((codec.model, "xcodec2"), (codec.feature_extractor, "xcodec2"), (asr.model, "whisper"),
-                    (asr.feature_extractor, "whisper"), (asr.tokenizer, "whisper"), (sv.model, "wavlm"),
-                    (sv.feature_extractor, "wavlm")):
+    for part, d in (
+        (codec.model, "xcodec2"),
+        (codec.feature_extractor, "xcodec2"),
+        (asr.model, "whisper"),
+        (asr.feature_extractor, "whisper"),
+        (asr.tokenizer, "whisper"),
+        (sv.model, "wavlm"),
+        (sv.feature_extractor, "wavlm"),
+    ):
         part.save_pretrained(root / d)
     lines = []
     for i in range(6):  # two speakers, three utterances each
@@ -54,17 +61,32 @@ def llasa_setup(tmp_path_factory):
     (root / "data" / "train.jsonl").write_text("\n".join(lines) + "\n")
     for i in range(3):
         _voice(root / "seedtts" / "prompt-wavs" / f"p{i}.wav", 0.4, 200 + 50 * i, 10 + i)
-    (root / "seedtts" / "meta.lst").write_text("".join(
-        f"item{i}|A prompt, number {i}.|prompt-wavs/p{i}.wav|Say the words {i}.\n" for i in range(3)))
+    (root / "seedtts" / "meta.lst").write_text(
+        "".join(f"item{i}|A prompt, number {i}.|prompt-wavs/p{i}.wav|Say the words {i}.\n" for i in range(3))
+    )
     overrides = [
-        "world.name=llasa", f"world.teacher.path={root / 'llasa'}", f"world.real.codec={root / 'xcodec2'}",
-        f"world.real.asr={root / 'whisper'}", f"world.real.verifier={root / 'wavlm'}", "world.real.dtype=float32",
-        f"world.real.train_manifest={root / 'data' / 'train.jsonl'}", f"world.real.shards={root / 'shards'}",
-        "world.real.shard_size=4", f"world.real.dev_list={root / 'seedtts' / 'meta.lst'}",
+        "world.name=llasa",
+        f"world.teacher.path={root / 'llasa'}",
+        f"world.real.codec={root / 'xcodec2'}",
+        f"world.real.asr={root / 'whisper'}",
+        f"world.real.verifier={root / 'wavlm'}",
+        "world.real.dtype=float32",
+        f"world.real.train_manifest={root / 'data' / 'train.jsonl'}",
+        f"world.real.shards={root / 'shards'}",
+        "world.real.shard_size=4",
+        f"world.real.dev_list={root / 'seedtts' / 'meta.lst'}",
         f"world.real.test_list={root / 'seedtts' / 'meta.lst'}",
-        "evaluate.n_items=3", "evaluate.batch_size=2", "evaluate.max_new_tokens=12", "evaluate.passes=1",
-        "distill.data_hours=0.001", "distill.batch_size=2", "distill.epochs=1", "distill.on_policy=0",
-        "distill.warmup=0", f"output_dir={root / 'runs'}", "device=cpu",
+        "evaluate.n_items=3",
+        "evaluate.batch_size=2",
+        "evaluate.max_new_tokens=12",
+        "evaluate.passes=1",
+        "distill.data_hours=0.001",
+        "distill.batch_size=2",
+        "distill.epochs=1",
+        "distill.on_policy=0",
+        "distill.warmup=0",
+        f"output_dir={root / 'runs'}",
+        "device=cpu",
     ]
     return root, overrides
 
@@ -121,8 +143,9 @@ def test_shards_with_ray_data_then_prune_and_distil_from_them(llasa_setup, capsy
     world = build_world(cfg)
     assert len(world.train_pairs) == 6 and all(p.speaker == t.speaker for p, t in world.train_pairs)
     teacher, meta = load_teacher(cfg, world, pick_device(cfg), progress=False)
-    student, history, budget = distill(cfg, world, teacher, meta["train_tokens"], [1, 2], root / "student",
-                                       progress=False)
+    student, history, budget = distill(
+        cfg, world, teacher, meta["train_tokens"], [1, 2], root / "student", progress=False
+    )
     assert len(student.model.layers) == 2 and student.config.prun_tts["kept_layers"] == [0, 3]
     assert budget.pairs >= 2 and budget.hours <= 0.001 and len(history) == budget.pairs // 2
     assert all(np.isfinite(h["loss"]) for h in history)
@@ -166,8 +189,9 @@ def test_missing_pieces_are_named_with_what_to_do(llasa_setup, tmp_path, capsys)
     assert "S3 speech tokenizer" in err and "speech_tokenizer_v2.onnx" in err
 
 
-def test_cosyvoice2_world_without_cosyvoice_code_reports_token_level_metrics(llasa_setup, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_cosyvoice2_world_without_cosyvoice_code_reports_token_level_metrics(
+    llasa_setup, tmp_path, monkeypatch, capsys
+):
     """Prompt audio -> S3 tokens -> CosyVoice 2 LLM prompt -> generate; no CosyVoice code to make
     audio here, so WER and SIM are NaN, the speech tokens and speed are reported, and it says so."""
     from test_cosyvoice2 import tiny_lm, tiny_s3_tokenizer, tokenizer
@@ -182,9 +206,18 @@ def test_cosyvoice2_world_without_cosyvoice_code_reports_token_level_metrics(lla
     folder = save_cosyvoice_llm(model, tmp_path / "CosyVoice2-0.5B")
     tokenizer().save_pretrained(folder / BLANK)
     monkeypatch.setattr(S3Tokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: tiny_s3_tokenizer()))
-    cv = ["world.name=cosyvoice2", f"world.teacher.path={folder}", f"world.real.codec={folder}",
-          f"world.real.test_list={root / 'seedtts' / 'meta.lst'}", "world.real.dtype=float32", "evaluate.n_items=3",
-          "evaluate.batch_size=3", "evaluate.max_new_tokens=10", f"output_dir={tmp_path / 'runs'}", "device=cpu"]
+    cv = [
+        "world.name=cosyvoice2",
+        f"world.teacher.path={folder}",
+        f"world.real.codec={folder}",
+        f"world.real.test_list={root / 'seedtts' / 'meta.lst'}",
+        "world.real.dtype=float32",
+        "evaluate.n_items=3",
+        "evaluate.batch_size=3",
+        "evaluate.max_new_tokens=10",
+        f"output_dir={tmp_path / 'runs'}",
+        "device=cpu",
+    ]
     assert main(["evaluate", "--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in cv), [])]) == 0
     out = capsys.readouterr()
     assert "token-level metrics only" in out.err and "CosyVoice" in out.err
@@ -196,8 +229,15 @@ def test_cosyvoice2_world_without_cosyvoice_code_reports_token_level_metrics(lla
 def test_evaluation_sharded_over_ray_tasks(llasa_setup, capsys):
     root, overrides = llasa_setup
     for shards, expected in ((2, [["item0", "item2"], ["item1"]]), (5, [["item0"], ["item1"], ["item2"]])):
-        args = ["evaluate", "--config", "configs/mini.yaml", "--quiet", "--shards", str(shards),
-                *sum((["--set", o] for o in overrides), [])]
+        args = [
+            "evaluate",
+            "--config",
+            "configs/mini.yaml",
+            "--quiet",
+            "--shards",
+            str(shards),
+            *sum((["--set", o] for o in overrides), []),
+        ]
         assert main(args) == 0  # 5 shards of 3 items: 3 tasks
         summary = json.loads(capsys.readouterr().out)
         n = len(expected)
@@ -215,8 +255,15 @@ def test_sweep_on_the_llasa_world(llasa_setup, tmp_path):
     import csv
 
     root, overrides = llasa_setup
-    sets = overrides + ["sweep.ratio=[0.5]", f"sweep.storage_path={tmp_path / 'sweeps'}", "score.n_items=2",
-                        "score.n_pairs=2", "score.batch_size=2", "train.report_every=1", "sweep.local_cpus=4"]
+    sets = overrides + [
+        "sweep.ratio=[0.5]",
+        f"sweep.storage_path={tmp_path / 'sweeps'}",
+        "score.n_items=2",
+        "score.n_pairs=2",
+        "score.batch_size=2",
+        "train.report_every=1",
+        "sweep.local_cpus=4",
+    ]
     args = ["--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in sets), [])]
     assert main(["shards", *args]) == 0
     assert main(["sweep", *args]) == 0

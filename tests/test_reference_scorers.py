@@ -3,6 +3,7 @@ reference code itself: the reference functions are copied verbatim below (with t
 commits) and run on each calibration sequence alone, unpadded, on hidden states taken by
 transformers' own `output_hidden_states` (not by our hooks). Our scorers run on padded
 batches of unequal sizes and must give the same numbers."""
+
 import math
 
 import pytest
@@ -32,7 +33,7 @@ def block_influence(
     sim = sim.diagonal().nan_to_num(nan=0.5)
 
     if angular:
-        return (torch.arccos(sim) / torch.pi)
+        return torch.arccos(sim) / torch.pi
 
     return 1 - sim
 
@@ -90,11 +91,16 @@ def test_block_influence_is_shortgpts_expectation_over_all_tokens(random_teacher
     assert ours == pytest.approx(expected, abs=1e-5)
     # the old per-batch mean, averaged unweighted over batches, is measurably off this
     per_batch = []
-    for b, lo, hi in ((batches[0], 0, 8), (batches[1], 8, 12)):
+    for lo, hi in ((0, 8), (8, 12)):
         seqs = sequences(ctx)[lo:hi]
-        s = [sum(block_influence(h[i][None], h[i + 1][None]).sum().item()
-                 for h in (unpadded_states(random_teacher, q) for q in seqs)) / sum(map(len, seqs))
-             for i in range(n_layers)]
+        s = [
+            sum(
+                block_influence(h[i][None], h[i + 1][None]).sum().item()
+                for h in (unpadded_states(random_teacher, q) for q in seqs)
+            )
+            / sum(map(len, seqs))
+            for i in range(n_layers)
+        ]
         per_batch.append(s)
     unweighted = [(a + c) / 2 for a, c in zip(*per_batch)]
     assert max(abs(u - e) for u, e in zip(unweighted, expected)) > 1e-5

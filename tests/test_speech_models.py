@@ -1,4 +1,5 @@
 """The real speech wrappers (audio I/O, X-Codec2, Whisper, WavLM) on tiny random models, offline."""
+
 import math
 
 import numpy as np
@@ -43,6 +44,7 @@ def write_float_wav(path, wav: torch.Tensor, rate: int = SAMPLE_RATE):
 
 # --- audio ---------------------------------------------------------------------------------------------
 
+
 def test_load_audio_mixes_down_and_resamples(tmp_path):
     rate = 22050
     left, right = sine(440, 1.5, rate), sine(440, 1.5, rate, amp=0.1)
@@ -81,6 +83,7 @@ def test_missing_audio_file_is_a_missing_piece(tmp_path):
 
 
 # --- X-Codec2 ------------------------------------------------------------------------------------------
+
 
 def test_xcodec2_encode_gives_50_codes_a_second():
     codec = tiny_xcodec2()
@@ -142,6 +145,7 @@ def test_xcodec2_from_pretrained_loads_a_saved_checkpoint(tmp_path):
 
 # --- Whisper -------------------------------------------------------------------------------------------
 
+
 def test_whisper_transcribes_a_batch_deterministically():
     asr = tiny_whisper()
     assert asr.generate_kwargs == {"language": "en", "task": "transcribe"}
@@ -176,7 +180,8 @@ def test_whisper_from_pretrained_loads_a_saved_checkpoint(tmp_path):
     asr = tiny_whisper()
     asr.model.save_pretrained(tmp_path)
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tiny_whisper_tokenizer()).save_pretrained(
-        tmp_path)
+        tmp_path
+    )
     loaded = WhisperASR.from_pretrained(str(tmp_path), batch_size=2)
     clips = [noise(1.0), sine(440, 1.5)]
     assert loaded.generate_kwargs == asr.generate_kwargs
@@ -184,6 +189,7 @@ def test_whisper_from_pretrained_loads_a_saved_checkpoint(tmp_path):
 
 
 # --- WavLM ---------------------------------------------------------------------------------------------
+
 
 def test_wavlm_similarity_is_a_cosine():
     verifier = tiny_wavlm()
@@ -211,8 +217,10 @@ def test_wavlm_paths_rates_and_short_clips(tmp_path):
     path = write_float_wav(tmp_path / "a.wav", a)
     assert verifier.similarity(path, b) == pytest.approx(verifier.similarity(a, b), abs=1e-6)
     slow_a, slow_b = sine(440, 1.5, 8000), sine(300, 1.0, 8000)
-    assert verifier.similarity(slow_a, slow_b, sample_rate=8000) == pytest.approx(verifier.similarity(
-        as_waveform(slow_a, 16000, source_rate=8000), as_waveform(slow_b, 16000, source_rate=8000)), abs=1e-6)
+    assert verifier.similarity(slow_a, slow_b, sample_rate=8000) == pytest.approx(
+        verifier.similarity(as_waveform(slow_a, 16000, source_rate=8000), as_waveform(slow_b, 16000, source_rate=8000)),
+        abs=1e-6,
+    )
     assert len(verifier.embed([torch.zeros(0)])) == 1  # padded to the shortest clip the head takes
     assert -1.0 <= verifier.similarity(torch.zeros(10), a) <= 1.0
 
@@ -228,11 +236,15 @@ def test_wavlm_from_pretrained_loads_a_saved_checkpoint(tmp_path):
 
 # --- missing pieces ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("load, setting", [
-    (lambda name: Xcodec2Codec.from_pretrained(name), "world.real.codec"),
-    (lambda name: WhisperASR.from_pretrained(name), "world.real.asr"),
-    (lambda name: WavLMVerifier.from_pretrained(name), "world.real.verifier"),
-])
+
+@pytest.mark.parametrize(
+    "load, setting",
+    [
+        (lambda name: Xcodec2Codec.from_pretrained(name), "world.real.codec"),
+        (lambda name: WhisperASR.from_pretrained(name), "world.real.asr"),
+        (lambda name: WavLMVerifier.from_pretrained(name), "world.real.verifier"),
+    ],
+)
 @pytest.mark.parametrize("name", ["/nonexistent/dir", "some-org/not-downloaded"])
 def test_missing_checkpoints_say_what_to_download_and_which_setting(monkeypatch, load, setting, name):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

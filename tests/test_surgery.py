@@ -4,8 +4,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from orchestrator.prune.surgery import (LayerSetError, count_parameters, decoder_layers, drop_layers, kept_layers,
-                                        layers_removed, resolve_keep)
+from orchestrator.prune.surgery import (
+    LayerSetError,
+    count_parameters,
+    decoder_layers,
+    drop_layers,
+    kept_layers,
+    layers_removed,
+    resolve_keep,
+)
 
 
 def manual_forward(teacher, input_ids, keep):
@@ -95,14 +102,17 @@ def test_layers_removed_restores_the_model(tiny_model):
     assert [layer.self_attn.layer_idx for layer in decoder_layers(tiny_model)] == list(range(6))
 
 
-@pytest.mark.parametrize("keep,drop,message", [
-    (None, [6], "must be in 0..5"),
-    (None, [-1], "must be in 0..5"),
-    (None, [1, 1], "more than once"),
-    (None, list(range(6)), "remove all 6 layers"),
-    ([], None, "remove all 6 layers"),
-    ([0, 0, 1], None, "more than once"),
-])
+@pytest.mark.parametrize(
+    "keep,drop,message",
+    [
+        (None, [6], "must be in 0..5"),
+        (None, [-1], "must be in 0..5"),
+        (None, [1, 1], "more than once"),
+        (None, list(range(6)), "remove all 6 layers"),
+        ([], None, "remove all 6 layers"),
+        ([0, 0, 1], None, "more than once"),
+    ],
+)
 def test_bad_layer_sets_are_refused(keep, drop, message):
     with pytest.raises(LayerSetError, match=message):
         resolve_keep(6, keep=keep, drop=drop)

@@ -1,21 +1,32 @@
 """`prun-tts sweep` on a private local Ray (no --address): 2 trials x 2 Train workers on a
 reduced mini world, MLflow in a local sqlite file; then the same command resumes the
 finished sweep without re-running a trial; and a trial bigger than the cluster is refused."""
+
 import csv
 import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_WORLD, free_port
 from mlflow import MlflowClient
 
-from conftest import TINY_WORLD, free_port
 from orchestrator.cli import main
 
 
 def sweep_args(tmp_path, *extra):
-    sets = TINY_WORLD + [f"world.teacher.path={tmp_path / 'no-teacher'}", f"output_dir={tmp_path / 'runs'}",
-                         f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.local_cpus=6", "train.report_every=2",
-                         "distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=1", "distill.ema=0.9", "distill.teacher_cache=true", *extra]
+    sets = TINY_WORLD + [
+        f"world.teacher.path={tmp_path / 'no-teacher'}",
+        f"output_dir={tmp_path / 'runs'}",
+        f"sweep.storage_path={tmp_path / 'sweeps'}",
+        "sweep.local_cpus=6",
+        "train.report_every=2",
+        "distill.data_fraction=0.5",
+        "distill.batch_size=4",
+        "distill.epochs=1",
+        "distill.ema=0.9",
+        "distill.teacher_cache=true",
+        *extra,
+    ]
     args = ["sweep", "--config", "configs/mini.yaml", "--quiet"]
     for s in sets:
         args += ["--set", s]

@@ -1,9 +1,10 @@
 """The sweep's plain parts: search space, trial layer sets, resources, Pareto front,
 teacher-output cache, and the refusals that happen before Ray starts."""
+
 import pytest
 import torch
-
 from conftest import free_port
+
 from orchestrator.config import ConfigError, load_config
 from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
 
@@ -49,15 +50,18 @@ def test_trial_choice_decodes_each_kind_of_trial():
     assert trial_choice({"layer_set": "7-2-4"}, plans, 8) == ([2, 4, 7], "manual", "manual")
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["sweep.space=layer_sets", "sweep.layer_sets=['2-9']"], "must be in 0..7"),
-    (["sweep.space=layer_sets", "sweep.layer_sets=['0-1-2-3-4-5-6-7']"], "would remove all 8"),
-    (["sweep.space=layer_sets", "sweep.layer_sets=['2,3']"], "joined by '-'"),
-    (["sweep.space=layer_sets"], "layer_sets is empty"),
-    (["sweep.ratio=[0.01]"], "between 1 and 7"),
-    (["sweep.scorer=[wlii]"], "allowed values"),
-    (["sweep.search=optuna", "sweep.scheduler=asha"], "multi-objective"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["sweep.space=layer_sets", "sweep.layer_sets=['2-9']"], "must be in 0..7"),
+        (["sweep.space=layer_sets", "sweep.layer_sets=['0-1-2-3-4-5-6-7']"], "would remove all 8"),
+        (["sweep.space=layer_sets", "sweep.layer_sets=['2,3']"], "joined by '-'"),
+        (["sweep.space=layer_sets"], "layer_sets is empty"),
+        (["sweep.ratio=[0.01]"], "between 1 and 7"),
+        (["sweep.scorer=[wlii]"], "allowed values"),
+        (["sweep.search=optuna", "sweep.scheduler=asha"], "multi-objective"),
+    ],
+)
 def test_bad_sweeps_are_refused_with_what_to_change(sets, message):
     from orchestrator.sweep.space import param_space
 
@@ -101,9 +105,13 @@ def test_tracking_uri_prefers_config_then_environment_then_local_sqlite(monkeypa
 
 
 def test_pareto_front_keeps_only_undominated_students(tmp_path):
-    rows = [{"n_layers": 4, "wer": 3.0, "label": "a"}, {"n_layers": 4, "wer": 2.0, "label": "b"},
-            {"n_layers": 6, "wer": 2.5, "label": "c"}, {"n_layers": 6, "wer": 1.5, "label": "d"},
-            {"n_layers": 2, "wer": 40.0, "label": "e"}]
+    rows = [
+        {"n_layers": 4, "wer": 3.0, "label": "a"},
+        {"n_layers": 4, "wer": 2.0, "label": "b"},
+        {"n_layers": 6, "wer": 2.5, "label": "c"},
+        {"n_layers": 6, "wer": 1.5, "label": "d"},
+        {"n_layers": 2, "wer": 40.0, "label": "e"},
+    ]
     assert [r["label"] for r in pareto_front(rows)] == ["e", "b", "d"]
     png = plot_tradeoff(rows, {"n_layers": 8, "wer": 1.4}, tmp_path / "p.png")
     assert png.stat().st_size > 5000
@@ -114,12 +122,14 @@ def test_teacher_cache_serves_the_teachers_own_outputs(tiny_cfg, tiny_world, ran
     from orchestrator.distill.teacher_cache import TeacherCache, build_teacher_cache
 
     pairs = [tiny_world.train_pairs[i] for i in range(12)]
-    d = build_teacher_cache(random_teacher, tiny_world.family, pairs, tmp_path / "cache", {"k": 1}, with_hidden=True,
-                            batch_size=5)
+    d = build_teacher_cache(
+        random_teacher, tiny_world.family, pairs, tmp_path / "cache", {"k": 1}, with_hidden=True, batch_size=5
+    )
     cache = TeacherCache(d, random_teacher)
     batch = next(batches(tiny_world.family, pairs, 4, seed=3))
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                  use_cache=False)
+    inputs = dict(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True, use_cache=False
+    )
     live = random_teacher(**inputs)
     cached = cache.outputs(batch, inputs)
     mask = batch["attention_mask"].bool()
@@ -141,7 +151,9 @@ def test_teacher_cache_serves_the_teachers_own_outputs(tiny_cfg, tiny_world, ran
 def test_optuna_search_stays_multi_objective():
     from orchestrator.sweep.runner import _tune_config
 
-    tc = _tune_config(cfg_with("sweep.search=optuna", "sweep.num_samples=6", "sweep.objectives=[wer, n_layers, sim]"), 2)
+    tc = _tune_config(
+        cfg_with("sweep.search=optuna", "sweep.num_samples=6", "sweep.objectives=[wer, n_layers, sim]"), 2
+    )
     assert tc.metric is None and tc.mode is None  # set on TuneConfig they would make Optuna single-objective
     assert tc.search_alg._metric == ["wer", "n_layers", "sim"] and tc.search_alg._mode == ["min", "min", "max"]
     assert tc.num_samples == 6 and tc.max_concurrent_trials == 2

@@ -5,6 +5,7 @@ which execs `punctuation_all` and `process_one` from BytedanceSpeech/seed-tts-ev
 (the commit is named in the file) verbatim with jiwer 3 (the reference's `compute_measures`),
 after `run_asr`'s zhconv step on Chinese hypotheses. Our function's output never went into it.
 """
+
 import json
 from pathlib import Path
 

@@ -3,20 +3,35 @@
 Weights are redrawn with std gain/sqrt(fan_in): at transformers' default init (std 0.02) the tiny
 models give the same output for every input, which would make equality tests vacuous.
 """
+
 from __future__ import annotations
 
 import torch
-from transformers import (Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector, WhisperConfig,
-                          WhisperFeatureExtractor, WhisperForConditionalGeneration, Xcodec2Config, Xcodec2Model)
+from tiny_tokenizers import char_tokenizer
+from transformers import (
+    Wav2Vec2FeatureExtractor,
+    WavLMConfig,
+    WavLMForXVector,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    Xcodec2Config,
+    Xcodec2Model,
+)
 
 from orchestrator.speech.wavlm import WavLMVerifier
 from orchestrator.speech.whisper import WhisperASR
 from orchestrator.speech.xcodec2 import Xcodec2Codec
-from tiny_tokenizers import char_tokenizer
 
 # Whisper's prompt tokens, above a 80-id character vocabulary.
-WHISPER_SPECIALS = {"<|endoftext|>": 80, "<|startoftranscript|>": 81, "<|en|>": 82, "<|transcribe|>": 83,
-                    "<|translate|>": 84, "<|notimestamps|>": 85}
+WHISPER_SPECIALS = {
+    "<|endoftext|>": 80,
+    "<|startoftranscript|>": 81,
+    "<|en|>": 82,
+    "<|transcribe|>": 83,
+    "<|translate|>": 84,
+    "<|notimestamps|>": 85,
+}
 
 
 def spread(model: torch.nn.Module, gain: float = 1.0, seed: int = 0) -> torch.nn.Module:
@@ -33,10 +48,23 @@ def tiny_xcodec2_config() -> Xcodec2Config:
     # must line up with the semantic encoder's 50 Hz features. Everything else is shrunk; the decoder's
     # GroupNorm(32) needs hidden_size a multiple of 32, and quantization_dim = hidden + semantic hidden.
     return Xcodec2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-        head_dim=16, encoder_hidden_size=2, quantization_dim=64,
-        semantic_model_config={"model_type": "wav2vec2-bert", "hidden_size": 32, "num_hidden_layers": 1,
-                               "num_attention_heads": 2, "intermediate_size": 64, "conv_depthwise_kernel_size": 3})
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        encoder_hidden_size=2,
+        quantization_dim=64,
+        semantic_model_config={
+            "model_type": "wav2vec2-bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "conv_depthwise_kernel_size": 3,
+        },
+    )
 
 
 def tiny_xcodec2(seed: int = 0) -> Xcodec2Codec:
@@ -44,10 +72,24 @@ def tiny_xcodec2(seed: int = 0) -> Xcodec2Codec:
 
 
 def tiny_whisper_model(seed: int = 0, languages: bool = True) -> WhisperForConditionalGeneration:
-    cfg = WhisperConfig(vocab_size=86, num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_target_positions=32, decoder_start_token_id=81, eos_token_id=80, pad_token_id=80,
-                        bos_token_id=80, begin_suppress_tokens=None, suppress_tokens=None)
+    cfg = WhisperConfig(
+        vocab_size=86,
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_target_positions=32,
+        decoder_start_token_id=81,
+        eos_token_id=80,
+        pad_token_id=80,
+        bos_token_id=80,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
     model = spread(WhisperForConditionalGeneration(cfg), gain=3.0, seed=seed)
     gen = model.generation_config
     gen.max_length = 16  # a random model rarely ends by itself
@@ -65,18 +107,36 @@ def tiny_whisper_tokenizer():
 
 
 def tiny_whisper(seed: int = 0, languages: bool = True) -> WhisperASR:
-    return WhisperASR(tiny_whisper_model(seed, languages), WhisperFeatureExtractor(), tiny_whisper_tokenizer(),
-                      batch_size=4)
+    return WhisperASR(
+        tiny_whisper_model(seed, languages), WhisperFeatureExtractor(), tiny_whisper_tokenizer(), batch_size=4
+    )
 
 
 def tiny_wavlm_config() -> WavLMConfig:
-    return WavLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 4), feat_extract_norm="layer",
-                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=32,
-                       max_bucket_distance=64, tdnn_dim=(32, 32, 64), tdnn_kernel=(3, 3, 1), tdnn_dilation=(1, 2, 1),
-                       xvector_output_dim=16, classifier_proj_size=16)
+    return WavLMConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_kernel=(10, 8, 4),
+        conv_stride=(5, 8, 4),
+        feat_extract_norm="layer",
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        num_buckets=32,
+        max_bucket_distance=64,
+        tdnn_dim=(32, 32, 64),
+        tdnn_kernel=(3, 3, 1),
+        tdnn_dilation=(1, 2, 1),
+        xvector_output_dim=16,
+        classifier_proj_size=16,
+    )
 
 
 def tiny_wavlm(seed: int = 0) -> WavLMVerifier:
-    return WavLMVerifier(spread(WavLMForXVector(tiny_wavlm_config()), seed=seed),
-                         Wav2Vec2FeatureExtractor(return_attention_mask=True), batch_size=4)
+    return WavLMVerifier(
+        spread(WavLMForXVector(tiny_wavlm_config()), seed=seed),
+        Wav2Vec2FeatureExtractor(return_attention_mask=True),
+        batch_size=4,
+    )

@@ -4,6 +4,7 @@ Built with the `tokenizers` library: a word-level vocabulary of single character
 padded with filler entries so that special tokens land on the exact ids the real
 checkpoints use (e.g. LLaSA's 128256-128263).
 """
+
 from __future__ import annotations
 
 import string
@@ -14,8 +15,9 @@ from transformers import PreTrainedTokenizerFast
 CHARS = list(string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,'?!:-\n")
 
 
-def char_tokenizer(size: int, specials: dict[str, int], chat_template: str | None = None,
-                   **named_specials: str) -> PreTrainedTokenizerFast:
+def char_tokenizer(
+    size: int, specials: dict[str, int], chat_template: str | None = None, **named_specials: str
+) -> PreTrainedTokenizerFast:
     """A character tokenizer with `size` base ids (characters first, then fillers) and each
     special token at its given id (ids at or above `size` become added tokens, in order).
 
@@ -28,7 +30,7 @@ def char_tokenizer(size: int, specials: dict[str, int], chat_template: str | Non
         if i not in taken:
             vocab[f"<filler_{i}>"] = i
     vocab.update(below)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<filler_%d>" % (size - 1) if (size - 1) not in taken else None))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=f"<filler_{size - 1}>" if (size - 1) not in taken else None))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one token per character
     tok.decoder = decoders.Fuse()  # decode() joins characters back without spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named_specials)

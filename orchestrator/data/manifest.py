@@ -3,6 +3,7 @@
 Relative audio paths are read relative to the manifest's folder. Every line is checked
 before any audio is encoded, and a bad line is named with its number.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ FIELDS = ("audio", "text", "speaker")
 def read_manifest(path: str | Path) -> list[dict]:
     p = Path(path).resolve()  # audio paths must mean the same on every node
     if not p.is_file():
-        raise ConfigError(f"world.real.train_manifest: {p} does not exist; write a JSONL file with one "
-                          f'{{"audio": ..., "text": ..., "speaker": ...}} object per line')
+        raise ConfigError(
+            f"world.real.train_manifest: {p} does not exist; write a JSONL file with one "
+            f'{{"audio": ..., "text": ..., "speaker": ...}} object per line'
+        )
     rows, problems = [], []
     for n, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
@@ -36,8 +39,9 @@ def read_manifest(path: str | Path) -> list[dict]:
         if not audio.is_file():
             problems.append(f"line {n}: audio {audio} does not exist")
             continue
-        rows.append({"id": f"{n:08d}", "audio": str(audio), "text": str(row["text"]).strip(),
-                     "speaker": str(row["speaker"])})
+        rows.append(
+            {"id": f"{n:08d}", "audio": str(audio), "text": str(row["text"]).strip(), "speaker": str(row["speaker"])}
+        )
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ConfigError(f"{p}: {len(problems)} bad line(s); fix them and run again:\n  {shown}")

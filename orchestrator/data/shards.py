@@ -7,13 +7,14 @@ once (`prun-tts shards`, with Ray Data on a cluster) and read by every trial.
 Training pairs follow zero-shot synthesis: the target utterance is prompted by another
 utterance of the same speaker (the next one in the manifest's order, wrapping around).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from orchestrator.config import ConfigError
 from orchestrator.world import Sample
@@ -37,8 +38,12 @@ def write_shard(path: Path, rows: Iterable[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
         for r in rows:
-            f.write(json.dumps({"id": r["id"], "text": r["text"], "speaker": r["speaker"],
-                                "codes": [int(c) for c in r["codes"]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": r["id"], "text": r["text"], "speaker": r["speaker"], "codes": [int(c) for c in r["codes"]]}
+                )
+                + "\n"
+            )
     tmp.replace(path)
 
 
@@ -48,15 +53,18 @@ def read_index(folder: str | Path) -> dict | None:
 
 
 def write_index(folder: str | Path, digest: str, codec: str, n_shards: int, n_rows: int) -> None:
-    (Path(folder) / INDEX).write_text(json.dumps(
-        {"digest": digest, "codec": codec, "shards": n_shards, "utterances": n_rows}, indent=2))
+    (Path(folder) / INDEX).write_text(
+        json.dumps({"digest": digest, "codec": codec, "shards": n_shards, "utterances": n_rows}, indent=2)
+    )
 
 
 def read_shards(folder: str | Path) -> list[Sample]:
     index = read_index(folder)
     if index is None:
-        raise ConfigError(f"world.real.shards: {folder} holds no finished shards ({INDEX} missing); make them with "
-                          "`prun-tts shards --config CFG` from world.real.train_manifest")
+        raise ConfigError(
+            f"world.real.shards: {folder} holds no finished shards ({INDEX} missing); make them with "
+            "`prun-tts shards --config CFG` from world.real.train_manifest"
+        )
     samples = []
     for i in range(index["shards"]):
         for line in (Path(folder) / shard_name(i)).read_text().splitlines():

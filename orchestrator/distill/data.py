@@ -1,7 +1,8 @@
 """Batches of training pairs: right-padded ids, attention mask, speech-span labels."""
+
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -20,8 +21,15 @@ def collate(family: Family, pairs: Sequence[tuple[Sample, Sample]]) -> dict[str,
 
 
 @torch.no_grad()
-def student_rollouts(model, batch: dict[str, torch.Tensor], pad_id: int, end_id: int, temperature: float = 1.0,
-                     speech_ids: torch.Tensor | None = None, stop_ids: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+def student_rollouts(
+    model,
+    batch: dict[str, torch.Tensor],
+    pad_id: int,
+    end_id: int,
+    temperature: float = 1.0,
+    speech_ids: torch.Tensor | None = None,
+    stop_ids: tuple[int, ...] = (),
+) -> dict[str, torch.Tensor]:
     """The batch's prompts continued by `model` itself (on-policy distillation, as in GKD):
     the teacher then grades the student's own continuations, the sequences it will
     meet at synthesis time. Labels mark the speech span as in the original batch."""
@@ -65,4 +73,3 @@ def batches(
             batch = collate(family, [pairs[i] for i in chosen])
             batch["index"] = torch.tensor(chosen)
             yield batch
-

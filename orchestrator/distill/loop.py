@@ -4,14 +4,15 @@ teacher (or plain next-token training when there is no teacher).
 Plain PyTorch, one process; a distributed trainer wraps the student in DDP and
 calls the same `train_step` per worker.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     adaptive: losses.AdaptiveWeights | None
-    ema: "WeightAverage | None" = None
+    ema: WeightAverage | None = None
     step: int = 0
     tokens: int = 0
 
@@ -58,14 +59,33 @@ class LossSpec:
         return self.weights.get("attention", 0) > 0
 
 
-def loss_spec(cfg: DistillConfig, speech_ids: torch.Tensor, kept: Sequence[int] = (), n_teacher: int = 0,
-              pad_id: int = 0, end_id: int = 0, stop_ids: Sequence[int] = ()) -> LossSpec:
+def loss_spec(
+    cfg: DistillConfig,
+    speech_ids: torch.Tensor,
+    kept: Sequence[int] = (),
+    n_teacher: int = 0,
+    pad_id: int = 0,
+    end_id: int = 0,
+    stop_ids: Sequence[int] = (),
+) -> LossSpec:
     weights = {k: v for k, v in cfg.weights.model_dump().items() if v > 0}
     if not weights:
         raise ValueError("distill.weights: every weight is 0; give at least one term a positive weight")
     targets = tuple(losses.latent_targets(kept, n_teacher)) if kept else ()
-    return LossSpec(weights, cfg.temperature, cfg.latent_loss, speech_ids, targets, cfg.on_policy,
-                    cfg.rollout_temperature, pad_id, end_id, cfg.kl_kind, cfg.jsd_beta, tuple(stop_ids))
+    return LossSpec(
+        weights,
+        cfg.temperature,
+        cfg.latent_loss,
+        speech_ids,
+        targets,
+        cfg.on_policy,
+        cfg.rollout_temperature,
+        pad_id,
+        end_id,
+        cfg.kl_kind,
+        cfg.jsd_beta,
+        tuple(stop_ids),
+    )
 
 
 def is_on_policy_step(step: int, share: float) -> bool:
@@ -116,11 +136,20 @@ class WeightAverage:
         self.decay, self.shadow = state["decay"], state["shadow"]
 
 
-def make_state(model: nn.Module, lr: float, warmup: int, total_steps: int, precision: str = "auto",
-               adaptive: bool = False, weight_decay: float = 0.01, ema: float = 0.0) -> TrainState:
+def make_state(
+    model: nn.Module,
+    lr: float,
+    warmup: int,
+    total_steps: int,
+    precision: str = "auto",
+    adaptive: bool = False,
+    weight_decay: float = 0.01,
+    ema: float = 0.0,
+) -> TrainState:
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                            betas=(0.9, 0.95), weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay
+    )
 
     def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
         if step < warmup:
@@ -129,13 +158,19 @@ def make_state(model: nn.Module, lr: float, warmup: int, total_steps: int, preci
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype(precision, device) == torch.float16 else None
-    return TrainState(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule), scaler,
-                      losses.AdaptiveWeights() if adaptive else None,
-                      WeightAverage(getattr(model, "module", model), ema) if ema else None)
+    return TrainState(
+        model,
+        opt,
+        torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        scaler,
+        losses.AdaptiveWeights() if adaptive else None,
+        WeightAverage(getattr(model, "module", model), ema) if ema else None,
+    )
 
 
-def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec,
-                   ground_truth: bool = True) -> dict[str, torch.Tensor]:
+def compute_losses(
+    student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec, ground_truth: bool = True
+) -> dict[str, torch.Tensor]:
     """Every weighted term, unweighted (no ground-truth loss on the student's own rollouts)."""
     w, labels, mask = spec.weights, batch["labels"], batch["attention_mask"]
     terms: dict[str, torch.Tensor] = {}
@@ -144,11 +179,19 @@ def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spe
     if teacher_out is None:
         return terms
     if "kl" in w:
-        terms["kl"] = losses.speech_kl(student_out.logits, teacher_out.logits, labels, spec.speech_ids, spec.temperature,
-                                       spec.kl_kind, spec.jsd_beta)
+        terms["kl"] = losses.speech_kl(
+            student_out.logits,
+            teacher_out.logits,
+            labels,
+            spec.speech_ids,
+            spec.temperature,
+            spec.kl_kind,
+            spec.jsd_beta,
+        )
     if "latent" in w:
-        terms["latent"] = losses.latent_loss(student_out.hidden_states[1:], teacher_out.hidden_states[1:],
-                                             spec.targets, mask, spec.latent_kind)
+        terms["latent"] = losses.latent_loss(
+            student_out.hidden_states[1:], teacher_out.hidden_states[1:], spec.targets, mask, spec.latent_kind
+        )
     if "attention" in w:
         terms["attention"] = losses.attention_loss(student_out.attentions, teacher_out.attentions, spec.targets, mask)
     if "embedding" in w:
@@ -156,8 +199,14 @@ def compute_losses(student_out, teacher_out, batch: dict[str, torch.Tensor], spe
     return terms
 
 
-def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor]], spec: LossSpec,
-               teacher=None, clip: float = 1.0, precision: str = "auto") -> dict[str, float]:
+def train_step(
+    state: TrainState,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    spec: LossSpec,
+    teacher=None,
+    clip: float = 1.0,
+    precision: str = "auto",
+) -> dict[str, float]:
     """One optimizer step over `micro_batches` (gradient accumulation); returns the mean terms.
     `teacher`: the frozen model, or a `TeacherCache` in front of it."""
     model = state.model
@@ -169,11 +218,17 @@ def train_step(state: TrainState, micro_batches: Sequence[dict[str, torch.Tensor
     on_policy = teacher is not None and is_on_policy_step(state.step, spec.on_policy)
     for batch in micro_batches:
         if on_policy:
-            batch = data.student_rollouts(model, batch, spec.pad_id, spec.end_id, spec.rollout_temperature,
-                                          spec.speech_ids, spec.stop_ids)
+            batch = data.student_rollouts(
+                model, batch, spec.pad_id, spec.end_id, spec.rollout_temperature, spec.speech_ids, spec.stop_ids
+            )
         batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      output_hidden_states=spec.needs_hidden, output_attentions=spec.needs_attention, use_cache=False)
+        inputs = dict(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=spec.needs_hidden,
+            output_attentions=spec.needs_attention,
+            use_cache=False,
+        )
         with amp:
             teacher_out = None
             if teacher is not None:

@@ -5,11 +5,12 @@ All take plain tensors, so each term can be checked against a hand-computed valu
 Positions: logits at t predict the token at t+1, so a position counts when the
 *next* label is a speech label (labels != -100).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +112,9 @@ def attention_loss(
     return torch.stack(losses).mean()
 
 
-def embedding_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def embedding_loss(
+    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     mask = attention_mask.bool()
     return F.mse_loss(student_embeds[mask].float(), teacher_embeds[mask].float())
 

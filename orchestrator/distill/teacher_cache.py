@@ -12,14 +12,15 @@ run the live teacher: their inputs are not known in advance.
 Size: tokens x (vocabulary + (layers + 1) x hidden) x 2 bytes; this suits small
 vocabularies (the mini world). For LLaSA's 193,800-token vocabulary keep it off.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,9 +33,16 @@ from orchestrator.world import Family, Sample
 META = "teacher_cache.json"
 
 
-def build_teacher_cache(teacher: nn.Module, family: Family, pairs: Sequence[tuple[Sample, Sample]],
-                        directory: str | Path, key: dict, with_hidden: bool, batch_size: int = 32,
-                        progress: bool = False) -> Path:
+def build_teacher_cache(
+    teacher: nn.Module,
+    family: Family,
+    pairs: Sequence[tuple[Sample, Sample]],
+    directory: str | Path,
+    key: dict,
+    with_hidden: bool,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Path:
     """Write the cache for `pairs` under `directory` (kept as is if it holds one for the same `key`)."""
     directory = Path(directory)
     meta = directory / META
@@ -52,10 +60,14 @@ def build_teacher_cache(teacher: nn.Module, family: Family, pairs: Sequence[tupl
     hidden = None
     teacher.eval()
     for start in tqdm(range(0, len(pairs), batch_size), desc="teacher cache", disable=not progress, leave=False):
-        batch = collate(family, pairs[start:start + batch_size])
+        batch = collate(family, pairs[start : start + batch_size])
         with torch.no_grad():
-            out = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                          output_hidden_states=with_hidden, use_cache=False)
+            out = teacher(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                output_hidden_states=with_hidden,
+                use_cache=False,
+            )
         if with_hidden and hidden is None:
             shape = (int(offsets[-1]), len(out.hidden_states), out.hidden_states[0].shape[-1])
             hidden = np.lib.format.open_memmap(tmp / "hidden.npy", "w+", np.float16, shape)
@@ -69,8 +81,9 @@ def build_teacher_cache(teacher: nn.Module, family: Family, pairs: Sequence[tupl
     logits.flush()
     if hidden is not None:
         hidden.flush()
-    (tmp / META).write_text(json.dumps({"key": key, "pairs": len(pairs), "tokens": int(offsets[-1]),
-                                        "with_hidden": with_hidden}, indent=2))
+    (tmp / META).write_text(
+        json.dumps({"key": key, "pairs": len(pairs), "tokens": int(offsets[-1]), "with_hidden": with_hidden}, indent=2)
+    )
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -92,8 +105,11 @@ class TeacherCache:
         self.live = 0  # batches that ran the teacher
 
     def outputs(self, batch: dict[str, torch.Tensor], inputs: dict):
-        can_serve = ("index" in batch and not inputs.get("output_attentions")
-                     and (self.hidden is not None or not inputs.get("output_hidden_states")))
+        can_serve = (
+            "index" in batch
+            and not inputs.get("output_attentions")
+            and (self.hidden is not None or not inputs.get("output_hidden_states"))
+        )
         if not can_serve:
             self.live += 1
             return self.model(**inputs)
@@ -109,5 +125,6 @@ class TeacherCache:
             logits[r, :n] = torch.from_numpy(np.asarray(self.logits[span], dtype=np.float32))
             if hidden is not None:
                 hidden[:, r, :n] = torch.from_numpy(np.asarray(self.hidden[span], dtype=np.float32)).transpose(0, 1)
-        return types.SimpleNamespace(logits=logits, hidden_states=None if hidden is None else tuple(hidden),
-                                     attentions=None)
+        return types.SimpleNamespace(
+            logits=logits, hidden_states=None if hidden is None else tuple(hidden), attentions=None
+        )

@@ -3,6 +3,7 @@
 Task i scores items i, i+n, i+2n, ... into its own results file, so a stopped run
 started again skips what every shard already scored; the driver merges the rows.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ from orchestrator.evaluate.synthesis import Evaluation, summarize
 
 
 @ray.remote
-def _evaluate_shard(cfg_dict: dict, model_path: str | None, split: str, shard: int, n_shards: int,
-                    results: str) -> tuple[list[dict], int, int]:
+def _evaluate_shard(
+    cfg_dict: dict, model_path: str | None, split: str, shard: int, n_shards: int, results: str
+) -> tuple[list[dict], int, int]:
     from orchestrator.builders import build_world, load_model, load_teacher, pick_device
     from orchestrator.config import Config
     from orchestrator.evaluate.synthesis import evaluate_model
@@ -30,12 +32,16 @@ def _evaluate_shard(cfg_dict: dict, model_path: str | None, split: str, shard: i
     return e.items, len(decoder_layers(model)), count_parameters(model)
 
 
-def evaluate_sharded(cfg, model_path: str | None, split: str, n_shards: int, results_stem: Path,
-                     token_rate: float) -> Evaluation:
+def evaluate_sharded(
+    cfg, model_path: str | None, split: str, n_shards: int, results_stem: Path, token_rate: float
+) -> Evaluation:
     opts = {"num_gpus": 1, "num_cpus": 1} if cfg.train.use_gpu else {"num_cpus": cfg.train.cpus_per_worker}
-    refs = [_evaluate_shard.options(**opts).remote(cfg.model_dump(), model_path, split, i, n_shards,
-                                                   f"{results_stem}.shard{i}of{n_shards}.jsonl")
-            for i in range(n_shards)]
+    refs = [
+        _evaluate_shard.options(**opts).remote(
+            cfg.model_dump(), model_path, split, i, n_shards, f"{results_stem}.shard{i}of{n_shards}.jsonl"
+        )
+        for i in range(n_shards)
+    ]
     done = ray.get(refs)
     rows = [row for items, _, _ in done for row in items]
     return summarize(sorted(rows, key=lambda r: r["name"]), done[0][1], done[0][2], token_rate)

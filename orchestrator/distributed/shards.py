@@ -5,11 +5,12 @@ the driver writes the shards in the manifest's order as the batches stream back.
 A stopped run resumes: finished shards are kept and only the rest is encoded. The
 shard folder must be one every node of the cluster can read.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import ray
@@ -57,24 +58,31 @@ def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
         raise ConfigError(f"world.real.shards: {out} holds shards of another manifest or codec; choose a new folder")
     marker = out / "digest"
     if out.exists() and any(out.iterdir()) and not (marker.is_file() and marker.read_text() == digest):
-        raise ConfigError(f"world.real.shards: {out} is not empty and not a shard folder of this manifest; "
-                          "choose a new folder")
+        raise ConfigError(
+            f"world.real.shards: {out} is not empty and not a shard folder of this manifest; choose a new folder"
+        )
     check_speech_encoder(cfg)  # a missing codec is named here, not in a Ray actor's traceback
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(digest)
     n_shards = math.ceil(len(rows) / r.shard_size)
     done = [i for i in range(n_shards) if (out / shard_name(i)).is_file()]
     first = len(done) if done == list(range(len(done))) else 0  # resume after the finished prefix
-    todo = rows[first * r.shard_size:]
-    log(f"shards: {len(rows)} utterances -> {n_shards} shards in {out} ({first} already done), "
-        f"{r.encode_actors} encoder actor(s)")
+    todo = rows[first * r.shard_size :]
+    log(
+        f"shards: {len(rows)} utterances -> {n_shards} shards in {out} ({first} already done), "
+        f"{r.encode_actors} encoder actor(s)"
+    )
     if todo:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # shards follow the manifest's order
         ds = ray.data.from_items(todo).map_batches(
-            _Encoder, batch_size=16, fn_constructor_args=(cfg.model_dump(), cfg.train.use_gpu),
+            _Encoder,
+            batch_size=16,
+            fn_constructor_args=(cfg.model_dump(), cfg.train.use_gpu),
             compute=ray.data.ActorPoolStrategy(size=r.encode_actors),
-            num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1)
+            num_gpus=1 if cfg.train.use_gpu else 0,
+            num_cpus=1,
+        )
         shard, current = [], first
         for row in ds.iter_rows():
             shard.append(row)

@@ -5,6 +5,7 @@ WER follows BytedanceSpeech/seed-tts-eval at commit 752f4297f090c46bb1a55a1f7439
 the plain mean of per-utterance WERs), pinned against that code's own outputs in
 tests/test_wer_reference.py.
 """
+
 from __future__ import annotations
 
 import string
@@ -43,8 +44,10 @@ def utterance_wer(reference: str, hypothesis: str, lang: str = "en") -> float:
         hypothesis = zhconv.convert(hypothesis, "zh-cn")
     ref, hyp = normalize_text(reference, lang), normalize_text(hypothesis, lang)
     if not ref.strip():
-        raise ValueError(f"reference text {reference!r} is empty once punctuation is removed: every evaluation "
-                         "item needs a target text with words")
+        raise ValueError(
+            f"reference text {reference!r} is empty once punctuation is removed: every evaluation "
+            "item needs a target text with words"
+        )
     return float(jiwer.wer(ref, hyp))
 
 
@@ -59,7 +62,7 @@ class PeakMemory:
         self.peak_bytes = 0
         self.start_bytes = 0  # what was already held when the block began (other models, ...)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -90,7 +93,7 @@ class PeakMemory:
 
 
 class Stopwatch:
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self.start = time.perf_counter()
         return self
 

@@ -1,10 +1,12 @@
 """Seed-TTS-eval test lists: `meta.lst` files of `name|prompt text|prompt audio|target text`
 (the prompt audio relative to the list's folder; extra fields, such as the ground-truth
 audio of some lists, are ignored)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, overload
+from typing import overload
 
 from orchestrator.config import ConfigError
 from orchestrator.world import Codec, EvalItem
@@ -13,9 +15,11 @@ from orchestrator.world import Codec, EvalItem
 def read_meta_list(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Seed-TTS-eval list {p} does not exist; download the test sets "
-                          "(https://github.com/BytedanceSpeech/seed-tts-eval) and point world.real.dev_list / "
-                          "test_list at a meta.lst")
+        raise ConfigError(
+            f"Seed-TTS-eval list {p} does not exist; download the test sets "
+            "(https://github.com/BytedanceSpeech/seed-tts-eval) and point world.real.dev_list / "
+            "test_list at a meta.lst"
+        )
     rows, problems = [], []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -28,8 +32,14 @@ def read_meta_list(path: str | Path) -> list[dict]:
         if not audio.is_file():
             problems.append(f"line {n}: prompt audio {audio} does not exist")
             continue
-        rows.append({"name": fields[0].strip(), "prompt_text": fields[1].strip(), "prompt_audio": str(audio),
-                     "target_text": fields[3].strip()})
+        rows.append(
+            {
+                "name": fields[0].strip(),
+                "prompt_text": fields[1].strip(),
+                "prompt_audio": str(audio),
+                "target_text": fields[3].strip(),
+            }
+        )
     if problems:
         raise ConfigError(f"{p}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:10]))
     return rows

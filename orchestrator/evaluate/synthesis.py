@@ -1,10 +1,11 @@
 """Synthesize an evaluation list and score it: WER, similarity, RTF, memory, size."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -33,8 +34,14 @@ class Evaluation:
 
 
 @torch.no_grad()
-def synthesize(model: nn.Module, family: Family, items: Sequence[EvalItem], cfg: EvalConfig,
-               progress: bool = False, first_batch: int = 0) -> list[list[int]]:
+def synthesize(
+    model: nn.Module,
+    family: Family,
+    items: Sequence[EvalItem],
+    cfg: EvalConfig,
+    progress: bool = False,
+    first_batch: int = 0,
+) -> list[list[int]]:
     """Speech codes for each item, sampled in batches by the family's decoding rules; the same
     seed for every model, so teacher and students are compared on the same random draws (batch b
     of a list is drawn with seed `cfg.seed + b`; `first_batch` numbers a slice of a longer list)."""
@@ -43,7 +50,7 @@ def synthesize(model: nn.Module, family: Family, items: Sequence[EvalItem], cfg:
     out: list[list[int]] = []
     starts = range(0, len(items), cfg.batch_size)
     for b, start in enumerate(tqdm(starts, desc="synthesize", disable=not progress, leave=False)):
-        chunk = items[start:start + cfg.batch_size]
+        chunk = items[start : start + cfg.batch_size]
         prompts = [family.prompt_ids(it.prompt_text, it.target_text, it.prompt_codes) for it in chunk]
         lo, hi = length_bounds(family, chunk, cfg.max_new_tokens)
         torch.manual_seed(cfg.seed + first_batch + b)
@@ -66,8 +73,14 @@ def read_results(path: Path) -> dict[str, dict]:
     return rows
 
 
-def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cfg: EvalConfig,
-                   progress: bool = False, results: str | Path | None = None) -> Evaluation:
+def evaluate_model(
+    model: nn.Module,
+    world: World,
+    items: Sequence[EvalItem],
+    cfg: EvalConfig,
+    progress: bool = False,
+    results: str | Path | None = None,
+) -> Evaluation:
     """Synthesize, transcribe and compare each item, a batch at a time.
 
     `results`: a JSONL file that receives each batch's rows as soon as they are scored; a
@@ -81,7 +94,7 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
     rows: list[dict] = []
     starts = range(0, len(items), cfg.batch_size)
     for b, start in enumerate(tqdm(starts, desc="evaluate", disable=not progress, leave=False)):
-        chunk = items[start:start + cfg.batch_size]
+        chunk = items[start : start + cfg.batch_size]
         if all(it.name in done for it in chunk):
             rows += [done[it.name] for it in chunk]
             continue
@@ -103,8 +116,15 @@ def evaluate_model(model: nn.Module, world: World, items: Sequence[EvalItem], cf
                 row["sim"] = world.verifier.similarity(a, reference)
             elif c:  # codes but no audio: this codec has no decoder here (token-level metrics only)
                 row["wer"] = row["sim"] = float("nan")
-            new.append({**row, "n_codes": len(c), "synth_s": clock.seconds * len(c) / n_chunk,
-                        "peak_mem_mb": mem.model_bytes(model) / 2**20, "codes": list(c)})
+            new.append(
+                {
+                    **row,
+                    "n_codes": len(c),
+                    "synth_s": clock.seconds * len(c) / n_chunk,
+                    "peak_mem_mb": mem.model_bytes(model) / 2**20,
+                    "codes": list(c),
+                }
+            )
         rows += new
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +152,9 @@ def summarize(rows: Sequence[dict], n_layers: int, params: int, token_rate: floa
     )
 
 
-def speedup(teacher: nn.Module, student: nn.Module, family: Family, items: Sequence[EvalItem], cfg: EvalConfig,
-            repeats: int = 2) -> float:
+def speedup(
+    teacher: nn.Module, student: nn.Module, family: Family, items: Sequence[EvalItem], cfg: EvalConfig, repeats: int = 2
+) -> float:
     """Teacher RTF / student RTF on the same items, measured in this process with the runs
     alternated (teacher, student, teacher, ...), so both see the same machine load."""
     per_token = {"teacher": 0.0, "student": 0.0}

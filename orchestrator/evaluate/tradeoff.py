@@ -1,8 +1,9 @@
 """Quality against depth: the Pareto front of a sweep and its plot."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -20,8 +21,9 @@ def pareto_front(rows: Sequence[dict], x: str = "n_layers", y: str = "wer") -> l
     return sorted(front, key=lambda r: (r[x], r[y]))
 
 
-def plot_tradeoff(rows: Sequence[dict], teacher: dict | None, path: str | Path, x: str = "n_layers",
-                  y: str = "wer") -> Path:
+def plot_tradeoff(
+    rows: Sequence[dict], teacher: dict | None, path: str | Path, x: str = "n_layers", y: str = "wer"
+) -> Path:
     """Every trial (grey), the Pareto front (line) and the teacher (star), labelled by layer set."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([r[x] for r in rows], [r[y] for r in rows], color="#7f7f7f", label="trials", zorder=2)

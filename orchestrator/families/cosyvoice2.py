@@ -17,19 +17,28 @@ task id), `llm.model` (a Qwen2ForCausalLM: `llm.model.model.layers.N...`), `llm_
 The logits cover ids 0 .. S+2 only, so `generate` appends speech ids that feed back
 through `speech_embedding`, exactly as CosyVoice's own decoding loop does.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
@@ -99,8 +108,9 @@ class CosyVoice2LM(PreTrainedModel, GenerationMixin):
         speech = self.speech_embedding(input_ids.clamp(max=s + 2))
         special = self.llm_embedding((input_ids - (s + 3)).clamp(0, 1))
         text = self.llm.model.model.embed_tokens((input_ids - (s + 5)).clamp(min=0))
-        return torch.where((input_ids < s + 3).unsqueeze(-1), speech,
-                           torch.where((input_ids < s + 5).unsqueeze(-1), special, text))
+        return torch.where(
+            (input_ids < s + 3).unsqueeze(-1), speech, torch.where((input_ids < s + 5).unsqueeze(-1), special, text)
+        )
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -119,12 +129,19 @@ class CosyVoice2LM(PreTrainedModel, GenerationMixin):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
-        out = self.llm.model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
+        out = self.llm.model.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
         # Qwen2LM: llm_decoder(hidden_states[-1]), the final normed hidden state
         logits = self.llm_decoder(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))
-        return CausalLMOutputWithPast(logits=logits, cache=out.cache, hidden_states=out.hidden_states,
-                                      attentions=out.attentions)
+        return CausalLMOutputWithPast(
+            logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
 
 AutoConfig.register(CosyVoice2LMConfig.model_type, CosyVoice2LMConfig)
@@ -140,8 +157,9 @@ def load_cosyvoice_llm(model_dir: str | Path, dtype: torch.dtype | None = None) 
     state = torch.load(weights, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}  # training checkpoints add 'epoch', 'step'
     if "speech_embedding.weight" not in state:
-        raise MissingPiece(f"{weights} is not a CosyVoice 2 LLM state dict (no speech_embedding.weight); "
-                           f"{_download_hint(d)}")
+        raise MissingPiece(
+            f"{weights} is not a CosyVoice 2 LLM state dict (no speech_embedding.weight); {_download_hint(d)}"
+        )
     qwen = Qwen2Config.from_pretrained(config_file.parent).to_dict()
     qwen.pop("model_type")
     config = CosyVoice2LMConfig(**qwen, speech_token_size=state["speech_embedding.weight"].shape[0] - 3)
@@ -152,8 +170,10 @@ def load_cosyvoice_llm(model_dir: str | Path, dtype: torch.dtype | None = None) 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # e.g. a pruned llm.pt beside the teacher's config.json
-        raise MissingPiece(f"{weights} does not fit {config_file} ({str(e)[:300]}); both must come from one "
-                           "CosyVoice2-0.5B download or one save_cosyvoice_llm") from None
+        raise MissingPiece(
+            f"{weights} does not fit {config_file} ({str(e)[:300]}); both must come from one "
+            "CosyVoice2-0.5B download or one save_cosyvoice_llm"
+        ) from None
     return model.to(dtype) if dtype is not None else model
 
 
@@ -165,8 +185,10 @@ def _qwen2_config(model: CosyVoice2LM, source: Path | None) -> dict:
         out = json.loads((source / BLANK / "config.json").read_text())
         for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
             if out.get(key) != getattr(cfg, key):
-                raise ValueError(f"source_dir {source}: {key}={out.get(key)} there, {getattr(cfg, key)} in the model; "
-                                 "pass the directory the model was loaded from")
+                raise ValueError(
+                    f"source_dir {source}: {key}={out.get(key)} there, {getattr(cfg, key)} in the model; "
+                    "pass the directory the model was loaded from"
+                )
     else:
         out = cfg.to_dict()
         out.pop("speech_token_size")
@@ -197,8 +219,12 @@ def save_cosyvoice_llm(model: CosyVoice2LM, out_dir: str | Path, source_dir: str
         blank.mkdir()
         if source is not None:
             for f in sorted((source / BLANK).glob("*")):
-                if f.is_file() and f.name != "config.json" and f.suffix not in (".safetensors", ".bin", ".pt") \
-                        and not f.name.endswith(".index.json"):
+                if (
+                    f.is_file()
+                    and f.name != "config.json"
+                    and f.suffix not in (".safetensors", ".bin", ".pt")
+                    and not f.name.endswith(".index.json")
+                ):
                     shutil.copy2(f, blank / f.name)  # tokenizer files, generation_config.json
         (blank / "config.json").write_text(json.dumps(_qwen2_config(model, source), indent=2) + "\n")
         qwen = {k: v.detach().cpu().contiguous() for k, v in model.llm.model.state_dict().items()}
@@ -250,13 +276,15 @@ class CosyVoice2Family:
         self.source_dir: Path | None = None  # the CosyVoice2-0.5B folder, when built from one
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, speech_token_size: int = SPEECH_TOKEN_SIZE,
-                 dtype: torch.dtype = torch.float32) -> "CosyVoice2Family":
+    def from_dir(
+        cls, model_dir: str | Path, speech_token_size: int = SPEECH_TOKEN_SIZE, dtype: torch.dtype = torch.float32
+    ) -> CosyVoice2Family:
         """The family with the Qwen2 tokenizer of a CosyVoice2-0.5B directory."""
         d = Path(model_dir)
         blank = require_file(d / BLANK, "the CosyVoice 2 text tokenizer", _download_hint(d))
-        tok = load_pretrained(AutoTokenizer.from_pretrained, str(blank), "the CosyVoice 2 text tokenizer",
-                              "world.teacher.path")
+        tok = load_pretrained(
+            AutoTokenizer.from_pretrained, str(blank), "the CosyVoice 2 text tokenizer", "world.teacher.path"
+        )
         family = cls(tok, speech_token_size, dtype)
         family.source_dir = d
         return family
@@ -277,13 +305,20 @@ class CosyVoice2Family:
     def _speech(self, codes: Sequence[int]) -> list[int]:
         codes = [int(c) for c in codes]
         if any(not 0 <= c < self.speech_token_size for c in codes):
-            raise ValueError(f"speech codes must be in 0..{self.speech_token_size - 1} (CosyVoice 2's S3 tokens); "
-                             f"got {min(codes)}..{max(codes)}")
+            raise ValueError(
+                f"speech codes must be in 0..{self.speech_token_size - 1} (CosyVoice 2's S3 tokens); "
+                f"got {min(codes)}..{max(codes)}"
+            )
         return codes
 
     def prompt_ids(self, prompt_text: str, target_text: str, prompt_codes: Sequence[int]) -> list[int]:
-        return [self.sos_id, *self.text_ids(prompt_text), *self.text_ids(target_text), self.task_id,
-                *self._speech(prompt_codes)]
+        return [
+            self.sos_id,
+            *self.text_ids(prompt_text),
+            *self.text_ids(target_text),
+            self.task_id,
+            *self._speech(prompt_codes),
+        ]
 
     def training_ids(self, prompt: Sample, target: Sample) -> tuple[list[int], list[int]]:
         ids = self.prompt_ids(prompt.text, target.text, prompt.codes) + self._speech(target.codes) + [self.end_id]
@@ -300,9 +335,12 @@ class CosyVoice2Family:
         if (Path(path) / "llm.pt").is_file():
             model = load_cosyvoice_llm(path, dtype=kwargs["dtype"])
         else:
-            model = load_pretrained(CosyVoice2LM.from_pretrained, path, "the CosyVoice 2 LLM", "world.teacher.path",
-                                    **kwargs)
+            model = load_pretrained(
+                CosyVoice2LM.from_pretrained, path, "the CosyVoice 2 LLM", "world.teacher.path", **kwargs
+            )
         if model.config.speech_token_size != self.speech_token_size:
-            raise MissingPiece(f"{path}: the model has {model.config.speech_token_size} speech tokens, the family "
-                               f"{self.speech_token_size}; world.teacher.path must be a CosyVoice 2 LLM")
+            raise MissingPiece(
+                f"{path}: the model has {model.config.speech_token_size} speech tokens, the family "
+                f"{self.speech_token_size}; world.teacher.path must be a CosyVoice 2 LLM"
+            )
         return model

@@ -10,9 +10,11 @@ the same chat call as zhenye234/LLaSA_training at ef5c260): chat template, user 
 Speech code k is `<|s_k|>`, id 128264 + k. `world.real.prompt_join` may put a separator
 between the two texts: a departure from the card, off by default.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -28,8 +30,9 @@ INSTRUCTION = "Convert the text to speech:"
 
 
 class LlasaFamily:
-    def __init__(self, tokenizer: Any, dtype: torch.dtype = torch.bfloat16, n_codes: int = N_CODES,
-                 prompt_join: str = ""):
+    def __init__(
+        self, tokenizer: Any, dtype: torch.dtype = torch.bfloat16, n_codes: int = N_CODES, prompt_join: str = ""
+    ):
         self.tokenizer = tokenizer
         self.prompt_join = prompt_join  # between prompt text and target text; the card uses none
         self.dtype = dtype
@@ -37,8 +40,10 @@ class LlasaFamily:
         for name, expected in self.special.items():
             got = tokenizer.convert_tokens_to_ids(f"<|{name}|>")
             if got != expected:
-                raise MissingPiece(f"the tokenizer maps <|{name}|> to {got}, LLaSA's layout has {expected}: "
-                                   "world.teacher.path must be a LLaSA checkpoint (e.g. HKUSTAudio/Llasa-1B)")
+                raise MissingPiece(
+                    f"the tokenizer maps <|{name}|> to {got}, LLaSA's layout has {expected}: "
+                    "world.teacher.path must be a LLaSA checkpoint (e.g. HKUSTAudio/Llasa-1B)"
+                )
         self.speech_offset = TEXT_VOCAB + len(SPECIAL_TOKENS)  # 128264: <|s_0|>
         self.n_codes = n_codes
         self.end_id = self.special["SPEECH_GENERATION_END"]
@@ -52,8 +57,9 @@ class LlasaFamily:
         return 0, None  # the card bounds only the total length (max_length 2048); evaluate.max_new_tokens here
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype = torch.bfloat16,
-                        prompt_join: str = "") -> "LlasaFamily":
+    def from_pretrained(
+        cls, name_or_path: str, dtype: torch.dtype = torch.bfloat16, prompt_join: str = ""
+    ) -> LlasaFamily:
         tok = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, "the LLaSA tokenizer", "world.teacher.path")
         return cls(tok, dtype, prompt_join=prompt_join)
 
@@ -79,5 +85,6 @@ class LlasaFamily:
 
     def load_model(self, path: str, **kwargs: Any) -> torch.nn.Module:
         kwargs.setdefault("dtype", self.dtype)
-        return load_pretrained(AutoModelForCausalLM.from_pretrained, path, "the LLaSA model", "world.teacher.path",
-                               **kwargs)
+        return load_pretrained(
+            AutoModelForCausalLM.from_pretrained, path, "the LLaSA model", "world.teacher.path", **kwargs
+        )

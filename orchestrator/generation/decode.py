@@ -13,11 +13,13 @@
   torch.compile; CUDA graphs on a GPU) and `generate` (transformers' `generate` over the full
   head: the reference, plain samplers and the end id only).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import TYPE_CHECKING, Literal, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -47,15 +49,20 @@ class DecodingRules:
     sampler: Sampler
 
 
-def decoding_rules(family: "Family", cfg: "EvalConfig", **sampler: object) -> DecodingRules:
+def decoding_rules(family: Family, cfg: EvalConfig, **sampler: object) -> DecodingRules:
     """The family's rules with the evaluation's sampling settings (`sampler` overrides them)."""
     settings = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p) | sampler
     head = sorted({*map(int, family.speech_ids.tolist()), *family.stop_ids})
-    return DecodingRules(tuple(family.stop_ids), family.end_id, tuple(head), family.pad_id,
-                         dataclasses.replace(family.sampling, **settings))
+    return DecodingRules(
+        tuple(family.stop_ids),
+        family.end_id,
+        tuple(head),
+        family.pad_id,
+        dataclasses.replace(family.sampling, **settings),
+    )
 
 
-def length_bounds(family: "Family", items: Sequence, max_new_tokens: int) -> tuple[list[int], list[int]]:
+def length_bounds(family: Family, items: Sequence, max_new_tokens: int) -> tuple[list[int], list[int]]:
     """Each item's (fewest, most) new tokens: the family's own bounds, capped by max_new_tokens."""
     lo, hi = [], []
     for it in items:
@@ -126,12 +133,13 @@ class _Stepper:
             self.run = torch.compile(self._step, mode=mode, dynamic=False, fullgraph=False)
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.body(inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=positions,
-                        cache=self.cache, use_cache=True)
+        out = self.body(
+            inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True
+        )
         return out.last_hidden_state[:, -1]
 
 
-_steppers: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_steppers: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _stepper(model: nn.Module, batch: int, length: int, compiled: bool) -> _Stepper:
@@ -156,8 +164,15 @@ def resolve_path(path: Path, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def decode(model: nn.Module, prompts: Sequence[Sequence[int]], rules: DecodingRules, min_new: Sequence[int],
-           max_new: Sequence[int], path: Path = "auto", speech_head: bool = True) -> list[Generated]:
+def decode(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    rules: DecodingRules,
+    min_new: Sequence[int],
+    max_new: Sequence[int],
+    path: Path = "auto",
+    speech_head: bool = True,
+) -> list[Generated]:
     """Continue each prompt until it samples a stop id or reaches its `max_new` tokens; before
     `min_new` tokens its eos id is masked. Rows are independent: a batch decodes exactly as its
     rows would alone, up to floating-point reassociation."""
@@ -187,8 +202,9 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], rules: DecodingRu
         cache = stepper.cache
         mask = torch.ones(rows, length, dtype=prompt_mask.dtype, device=device)  # future slots: hidden by causality
         mask[:, :width] = prompt_mask
-    hidden = body(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, cache=cache,
-                  use_cache=True).last_hidden_state[:, -1]
+    hidden = body(
+        inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+    ).last_hidden_state[:, -1]
     next_position = prompt_mask.sum(1, keepdim=True)
 
     out = torch.full((rows, steps), rules.pad_id, dtype=torch.long, device=device)
@@ -211,8 +227,9 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], rules: DecodingRu
         token = torch.where(done, rules.pad_id, token)[:, None]  # finished rows feed padding, never read
         if stepper is None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            hidden = body(inputs_embeds=embed(token), attention_mask=mask, position_ids=next_position, cache=cache,
-                          use_cache=True).last_hidden_state[:, -1]
+            hidden = body(
+                inputs_embeds=embed(token), attention_mask=mask, position_ids=next_position, cache=cache, use_cache=True
+            ).last_hidden_state[:, -1]
         else:
             hidden = stepper.run(token, next_position, mask).clone()  # clone: CUDA-graph outputs are reused
         next_position = next_position + 1
@@ -228,20 +245,34 @@ def _sample(logits: torch.Tensor, sampler: Sampler, history: torch.Tensor, fille
     return plain_sample(logits, sampler)
 
 
-def _generate(model: nn.Module, prompts: Sequence[Sequence[int]], rules: DecodingRules, min_new: Sequence[int],
-              max_new: Sequence[int]) -> list[Generated]:
+def _generate(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    rules: DecodingRules,
+    min_new: Sequence[int],
+    max_new: Sequence[int],
+) -> list[Generated]:
     """transformers' `generate` over the full head: the reference path for plain samplers (one
     minimum length for the batch, the smallest of the rows')."""
     if rules.sampler.kind != "plain" and rules.sampler.do_sample:  # greedy is the same for every sampler
-        raise ValueError(f"evaluate.decode=generate samples plainly; this family samples with {rules.sampler.kind!r}: "
-                         "use decode auto, compiled, static or eager")
+        raise ValueError(
+            f"evaluate.decode=generate samples plainly; this family samples with {rules.sampler.kind!r}: "
+            "use decode auto, compiled, static or eager"
+        )
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, rules.pad_id)
     s = rules.sampler
     sampling = dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None) if s.do_sample else {}
-    gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=s.do_sample,
-                         max_new_tokens=max(max_new), min_new_tokens=min(min_new), eos_token_id=list(rules.stop_ids),
-                         pad_token_id=rules.pad_id, **sampling)[:, ids.shape[1]:].cpu()
+    gen = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=s.do_sample,
+        max_new_tokens=max(max_new),
+        min_new_tokens=min(min_new),
+        eos_token_id=list(rules.stop_ids),
+        pad_token_id=rules.pad_id,
+        **sampling,
+    )[:, ids.shape[1] :].cpu()
     out = []
     for row, cap in zip(gen.tolist(), max_new):
         row = row[:cap]

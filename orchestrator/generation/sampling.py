@@ -6,6 +6,7 @@
   nucleus_sampling, random_sampling` of FunAudioLLM/CosyVoice at ace7c47), each row as
   CosyVoice samples its one sequence.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """The offline mini world: a language, synthetic speakers, codec, ASR, verifier, teacher."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,9 @@ def eval_items(world: MiniWorld, sentences: list[str], tag: str) -> list[EvalIte
 
 def build_mini_world(cfg: Config, n_pairs: int | None = None) -> World:
     m = cfg.world.mini
-    world = MiniWorld(WorldSpec(m.seed, m.n_speakers, m.n_timbres, m.max_run, m.n_sentences, m.dev_sentences, m.test_sentences))
+    world = MiniWorld(
+        WorldSpec(m.seed, m.n_speakers, m.n_timbres, m.max_run, m.n_sentences, m.dev_sentences, m.test_sentences)
+    )
     t = cfg.world.teacher
     return World(
         name="mini",

@@ -7,9 +7,11 @@ LLaSA's eight special tokens in LLaSA's order, then one token per speech code
 SPEECH_GENERATION_START prompt-codes`, and generation stops at
 SPEECH_GENERATION_END, exactly as for Llasa-1B.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM

@@ -5,10 +5,11 @@ the ASR inverts the speakers' rendering (unit of each code, collapse runs, split
 at pauses, nearest lexicon word), so a wrong code becomes a word error exactly as
 a mispronounced phone does for a real ASR.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class MiniASR:
         words = "".join(collapsed).split("|")
         return " ".join(self._nearest(w) for w in words if w)
 
-    @lru_cache(maxsize=100_000)
+    @lru_cache(maxsize=100_000)  # noqa: B019 (one ASR per world, kept for the process)
     def _nearest(self, phones: str) -> str:
         return min(self._lexicon, key=lambda w: (edit_distance(w, phones), w))
 

@@ -3,6 +3,7 @@
 It is cached on disk by a hash of the world and teacher settings; the repository
 ships the one `configs/mini.yaml` describes (made by `make teacher`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from orchestrator.config import Config
 from orchestrator.distill.data import batches
@@ -30,17 +31,28 @@ def cache_dir() -> Path:
 
 def teacher_digest(cfg: Config) -> str:
     """Hash of everything that determines the teacher: world version and settings, teacher settings."""
-    data = {"version": WORLD_VERSION, "world": cfg.world.mini.model_dump(),
-            "teacher": cfg.world.teacher.model_dump(exclude={"path"})}
+    data = {
+        "version": WORLD_VERSION,
+        "world": cfg.world.mini.model_dump(),
+        "teacher": cfg.world.teacher.model_dump(exclude={"path"}),
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def teacher_model_config(cfg: Config, world: World) -> LlamaConfig:
     t, f = cfg.world.teacher, world.family
     return LlamaConfig(
-        vocab_size=f.vocab_size, hidden_size=t.hidden, intermediate_size=t.mlp, num_hidden_layers=t.layers,
-        num_attention_heads=t.heads, num_key_value_heads=t.kv_heads, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=f.bos_id, eos_token_id=f.end_id, pad_token_id=f.pad_id,
+        vocab_size=f.vocab_size,
+        hidden_size=t.hidden,
+        intermediate_size=t.mlp,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        num_key_value_heads=t.kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=f.bos_id,
+        eos_token_id=f.end_id,
+        pad_token_id=f.pad_id,
     )
 
 
@@ -59,8 +71,13 @@ def find_teacher(cfg: Config) -> Path | None:
     return None
 
 
-def train_teacher(cfg: Config, world: World, out: str | Path, progress: bool = True,
-                  command: str = "ensure_teacher (trained on first use)") -> Path:
+def train_teacher(
+    cfg: Config,
+    world: World,
+    out: str | Path,
+    progress: bool = True,
+    command: str = "ensure_teacher (trained on first use)",
+) -> Path:
     t = cfg.world.teacher
     torch.manual_seed(t.seed)
     model = LlamaForCausalLM(teacher_model_config(cfg, world))

@@ -4,6 +4,7 @@ Everything is drawn from one seed, so the same config always gives the same worl
 Text is written phone by phone (one letter per phone), which keeps the
 text-to-speech alignment learnable by a small model on a CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses

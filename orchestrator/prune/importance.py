@@ -13,11 +13,12 @@ more) plus the evidence behind it.
 - loss_delta: teacher-forced speech-token loss without the layer minus with it;
 - last_n, random: baselines.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +58,9 @@ class ScoringContext:
 
     def calibration_batches(self) -> list[dict[str, torch.Tensor]]:
         pairs = [self.world.train_pairs[i] for i in range(min(self.n_pairs, len(self.world.train_pairs)))]
-        return [collate(self.world.family, pairs[i:i + self.batch_size]) for i in range(0, len(pairs), self.batch_size)]
+        return [
+            collate(self.world.family, pairs[i : i + self.batch_size]) for i in range(0, len(pairs), self.batch_size)
+        ]
 
 
 Scorer = Callable[[nn.Module, ScoringContext], LayerScores]
@@ -72,21 +75,28 @@ def wer_without(model: nn.Module, ctx: ScoringContext, layers: Sequence[int] = (
     with layers_removed(model, layers):
         wer = evaluate_model(model, ctx.world, ctx.world.dev_items[: ctx.n_items], ctx.eval_cfg).wer
     if math.isnan(wer):
-        raise ConfigError("wli needs audio to transcribe, and this world's codec makes none here (CosyVoice 2 "
-                          "without CosyVoice's code on PYTHONPATH); install it, or use a scorer that needs no "
-                          "audio: block_influence, angular or loss_delta")
+        raise ConfigError(
+            "wli needs audio to transcribe, and this world's codec makes none here (CosyVoice 2 "
+            "without CosyVoice's code on PYTHONPATH); install it, or use a scorer that needs no "
+            "audio: block_influence, angular or loss_delta"
+        )
     return wer
 
 
 def wli_from_wers(full_wer: float, wer_without_layer: Sequence[float], n_items: int) -> LayerScores:
-    return LayerScores("wli", [w - full_wer for w in wer_without_layer],
-                       {"full_wer": full_wer, "wer_without": list(wer_without_layer), "n_items": n_items})
+    return LayerScores(
+        "wli",
+        [w - full_wer for w in wer_without_layer],
+        {"full_wer": full_wer, "wer_without": list(wer_without_layer), "n_items": n_items},
+    )
 
 
 def wli_scores(model: nn.Module, ctx: ScoringContext) -> LayerScores:
     base = wer_without(model, ctx)
     layers = tqdm(range(_n_layers(model)), desc="wli", disable=not ctx.progress, leave=False)
-    return wli_from_wers(base, [wer_without(model, ctx, [l]) for l in layers], min(ctx.n_items, len(ctx.world.dev_items)))
+    return wli_from_wers(
+        base, [wer_without(model, ctx, [l]) for l in layers], min(ctx.n_items, len(ctx.world.dev_items))
+    )
 
 
 @torch.no_grad()
@@ -106,7 +116,9 @@ def layer_io(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Ten
     hooks += [layer.register_forward_hook(keep_output) for layer in layers]
     try:
         model.eval()
-        model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False)
+        model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+        )
     finally:
         for h in hooks:
             h.remove()
@@ -151,8 +163,10 @@ def _angular_distance(model: nn.Module, ctx: ScoringContext, gap: int) -> list[f
         states = layer_io(model, batch)
         rows = torch.arange(len(batch["input_ids"]), device=states[0].device)
         last = last_real_token(batch["attention_mask"].to(states[0].device))
-        d = [float((torch.arccos(_cos(states[l][rows, last], states[l + gap][rows, last]).clamp(-1, 1)) / math.pi).sum())
-             for l in range(len(states) - gap)]
+        d = [
+            float((torch.arccos(_cos(states[l][rows, last], states[l + gap][rows, last]).clamp(-1, 1)) / math.pi).sum())
+            for l in range(len(states) - gap)
+        ]
         sums = d if sums is None else [s + x for s, x in zip(sums, d)]
         sequences += len(rows)
     return [s / sequences for s in sums]
@@ -171,7 +185,9 @@ def _speech_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -
     model.eval()
     total = 0.0
     for b in batches:
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device), use_cache=False).logits
+        logits = model(
+            input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device), use_cache=False
+        ).logits
         total += float(speech_ce(logits, b["labels"].to(device)))
     return total / len(batches)
 

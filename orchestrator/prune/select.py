@@ -1,5 +1,6 @@
 """Which layers to remove, given scores: lowest-k, best contiguous block, or
 iterative (remove the least important layer, re-score the smaller model, repeat)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -25,7 +26,7 @@ def contiguous(scores: LayerScores, k: int) -> list[int]:
     if scores.block_scores is not None and scores.block_size == k:
         start = min(scores.block_scores, key=lambda s: (scores.block_scores[s], s))
     else:
-        start = min(range(n - k + 1), key=lambda s: (sum(scores.scores[s:s + k]), s))
+        start = min(range(n - k + 1), key=lambda s: (sum(scores.scores[s : s + k]), s))
     return list(range(start, start + k))
 
 
@@ -44,8 +45,9 @@ def iterative(scorer: str, model: nn.Module, ctx: ScoringContext, k: int) -> tup
     return sorted(dropped), rounds
 
 
-def choose_layers(strategy: str, scorer: str, model: nn.Module, ctx: ScoringContext,
-                  k: int) -> tuple[list[int], LayerScores]:
+def choose_layers(
+    strategy: str, scorer: str, model: nn.Module, ctx: ScoringContext, k: int
+) -> tuple[list[int], LayerScores]:
     """Layers to drop by `strategy`, and the (first round of) scores behind the choice."""
     if strategy == "iterative":
         dropped, rounds = iterative(scorer, model, ctx, k)

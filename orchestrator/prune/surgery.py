@@ -6,11 +6,12 @@ Qwen2 / CosyVoice 2's LLM). The student is a plain checkpoint: stock
 `AutoModelForCausalLM.from_pretrained` loads it, and `config.prun_tts` records
 which teacher layers it kept.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from torch import nn
 
@@ -49,7 +50,9 @@ def resolve_keep(n_layers: int, keep: Iterable[int] | None = None, drop: Iterabl
     what = "keep" if keep is not None else "drop"
     bad = [i for i in given if not 0 <= int(i) < n_layers]
     if bad:
-        raise LayerSetError(f"--{what} {bad}: layer indices must be in 0..{n_layers - 1} (the model has {n_layers} layers)")
+        raise LayerSetError(
+            f"--{what} {bad}: layer indices must be in 0..{n_layers - 1} (the model has {n_layers} layers)"
+        )
     dupes = sorted({i for i in given if given.count(i) > 1})
     if dupes:
         raise LayerSetError(f"--{what} lists layer(s) {dupes} more than once")

@@ -5,6 +5,7 @@ whose pruned-only student is best on the dev set -> prune to the target depth ->
 distil on the data budget -> evaluate teacher, pruned-only and distilled on the
 test set -> table.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,12 +58,16 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
     pruned_eval = evaluate_model(drop_layers(teacher, drop=drop), world, test, cfg.evaluate, progress)
 
     log(f"[4/5] distilling the {best} student (drop {drop}) on {cfg.distill.data_fraction:.0%} of the teacher's data")
-    student, history, budget = distill(cfg, world, teacher, meta.get("train_tokens"), drop,
-                                       out / "students" / layer_tag(drop), progress)
+    student, history, budget = distill(
+        cfg, world, teacher, meta.get("train_tokens"), drop, out / "students" / layer_tag(drop), progress
+    )
     teacher_tokens = meta["train_tokens"]
-    log(f"      data: {budget.pairs} pairs, {budget.unique_tokens} tokens = {budget.unique_tokens / teacher_tokens:.2%} "
+    log(
+        f"      data: {budget.pairs} pairs, {budget.unique_tokens} tokens = "
+        f"{budget.unique_tokens / teacher_tokens:.2%} "
         f"of the teacher's {teacher_tokens}; compute: {budget.epochs} epochs, {budget.tokens} tokens processed = "
-        f"{budget.tokens / teacher_tokens:.2%} of the teacher's")
+        f"{budget.tokens / teacher_tokens:.2%} of the teacher's"
+    )
 
     log("[5/5] evaluating the distilled student (test set)")
     student_eval = evaluate_model(student, world, test, cfg.evaluate, progress)
@@ -76,10 +81,15 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
         "scorer": best,
         "dropped_layers": drop,
         "dev_wer_pruned_only": dev_wer,
-        "budget": {"pairs": budget.pairs, "unique_tokens": budget.unique_tokens, "epochs": budget.epochs,
-                   "tokens_processed": budget.tokens, "teacher_tokens": teacher_tokens,
-                   "data_fraction": budget.unique_tokens / teacher_tokens,
-                   "compute_fraction": budget.tokens / teacher_tokens},
+        "budget": {
+            "pairs": budget.pairs,
+            "unique_tokens": budget.unique_tokens,
+            "epochs": budget.epochs,
+            "tokens_processed": budget.tokens,
+            "teacher_tokens": teacher_tokens,
+            "data_fraction": budget.unique_tokens / teacher_tokens,
+            "compute_fraction": budget.tokens / teacher_tokens,
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
@@ -89,9 +99,13 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
 
 
 def results_table(rows: dict[str, Evaluation], base: Evaluation) -> str:
-    lines = [f"| {'model':<32} | depth | params | WER % | SIM   | RTF    | speed-up |",
-             f"|{'-' * 34}|-------|--------|-------|-------|--------|----------|"]
+    lines = [
+        f"| {'model':<32} | depth | params | WER % | SIM   | RTF    | speed-up |",
+        f"|{'-' * 34}|-------|--------|-------|-------|--------|----------|",
+    ]
     for name, e in rows.items():
-        lines.append(f"| {name:<32} | {e.n_layers:>5} | {e.params / 1e6:5.2f}M | {100 * e.wer:5.2f} | {e.sim:.3f} "
-                     f"| {e.rtf:.4f} | {base.rtf / e.rtf:7.2f}x |")
+        lines.append(
+            f"| {name:<32} | {e.n_layers:>5} | {e.params / 1e6:5.2f}M | {100 * e.wer:5.2f} | {e.sim:.3f} "
+            f"| {e.rtf:.4f} | {base.rtf / e.rtf:7.2f}x |"
+        )
     return "\n".join(lines)

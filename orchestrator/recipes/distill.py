@@ -7,13 +7,14 @@ The budget is a fraction of the teacher's training data, counted in tokens
 original training data"). `epochs` passes over that data; the tokens processed
 (data x epochs, the compute) are reported beside it.
 """
+
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -22,8 +23,15 @@ from tqdm.auto import tqdm
 from orchestrator.builders import save_student
 from orchestrator.config import Config, ConfigError
 from orchestrator.distill.data import batches
-from orchestrator.distill.loop import (LossSpec, TrainState, load_checkpoint, loss_spec, make_state, save_checkpoint,
-                                       train_step)
+from orchestrator.distill.loop import (
+    LossSpec,
+    TrainState,
+    load_checkpoint,
+    loss_spec,
+    make_state,
+    save_checkpoint,
+    train_step,
+)
 from orchestrator.prune.surgery import decoder_layers, drop_layers, resolve_keep
 from orchestrator.world import World
 
@@ -46,11 +54,15 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
     `distill.data_fraction` of the teacher's training tokens (all tokens of a pair count)."""
     d = cfg.distill
     if d.data_hours is None and not teacher_tokens:
-        raise ConfigError("distill.data_fraction needs the teacher's training token count, which this teacher "
-                          "does not record; give distill.data_hours instead")
+        raise ConfigError(
+            "distill.data_fraction needs the teacher's training token count, which this teacher "
+            "does not record; give distill.data_hours instead"
+        )
     if not len(world.train_pairs):
-        raise ConfigError(f"the {world.name} world has no training pairs: make the speech-token shards first "
-                          "(`prun-tts shards --config CFG`, from world.real.train_manifest)")
+        raise ConfigError(
+            f"the {world.name} world has no training pairs: make the speech-token shards first "
+            "(`prun-tts shards --config CFG`, from world.real.train_manifest)"
+        )
     rate = world.codec.token_rate
     if d.data_hours is not None:
         allowed = int(d.data_hours * 3600 * rate)
@@ -72,9 +84,15 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
         speech.append(len(prompt.codes) + len(target.codes))
     n = len(lengths) - len(lengths) % d.batch_size  # whole batches only
     if n == 0:
-        what = f"distill.data_hours={d.data_hours}" if d.data_hours is not None else f"distill.data_fraction={d.data_fraction}"
-        raise ConfigError(f"{what} allows {allowed} tokens, less than one batch of {d.batch_size} pairs; raise it "
-                          f"or lower distill.batch_size")
+        what = (
+            f"distill.data_hours={d.data_hours}"
+            if d.data_hours is not None
+            else f"distill.data_fraction={d.data_fraction}"
+        )
+        raise ConfigError(
+            f"{what} allows {allowed} tokens, less than one batch of {d.batch_size} pairs; raise it "
+            f"or lower distill.batch_size"
+        )
     return DataBudget(allowed, n, sum(lengths[:n]), d.epochs, sum(speech[:n]) / rate / 3600)
 
 
@@ -89,15 +107,24 @@ class DistillRun:
     steps: int
 
 
-def prepare_distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int | None, drop: Sequence[int],
-                    world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None) -> DistillRun:
+def prepare_distill(
+    cfg: Config,
+    world: World,
+    teacher: nn.Module,
+    teacher_tokens: int | None,
+    drop: Sequence[int],
+    world_size: int = 1,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> DistillRun:
     """The student (teacher minus `drop`), optimizer and data, for one process or for each of
     `world_size` data-parallel workers (`wrap`: e.g. Ray Train's `prepare_model`, for DDP).
     The global batch is `distill.batch_size` whatever the number of workers."""
     d = cfg.distill
     if d.batch_size % world_size:
-        raise ConfigError(f"distill.batch_size={d.batch_size} does not split over {world_size} workers; "
-                          f"make it a multiple of train.num_workers")
+        raise ConfigError(
+            f"distill.batch_size={d.batch_size} does not split over {world_size} workers; "
+            f"make it a multiple of train.num_workers"
+        )
     n_teacher = len(decoder_layers(teacher))
     kept = resolve_keep(n_teacher, drop=drop)
     budget = plan_budget(cfg, world, teacher_tokens)
@@ -117,14 +144,22 @@ def prepare_distill(cfg: Config, world: World, teacher: nn.Module, teacher_token
     return DistillRun(state, spec, budget, [world.train_pairs[i] for i in range(budget.pairs)], steps)
 
 
-def training_steps(run: DistillRun, cfg: Config, world: World, teacher, rank: int = 0,
-                   world_size: int = 1) -> Iterator[dict]:
+def training_steps(
+    run: DistillRun, cfg: Config, world: World, teacher, rank: int = 0, world_size: int = 1
+) -> Iterator[dict]:
     """Take the steps left (a resumed state starts where it stopped), yielding each step's metrics.
     `teacher`: the frozen model or a `TeacherCache` in front of it."""
     d = cfg.distill
     torch.manual_seed(d.seed + rank)
-    stream = batches(world.family, run.pairs, d.batch_size // world_size, epochs=d.epochs, seed=d.seed,
-                     rank=rank, world_size=world_size)
+    stream = batches(
+        world.family,
+        run.pairs,
+        d.batch_size // world_size,
+        epochs=d.epochs,
+        seed=d.seed,
+        rank=rank,
+        world_size=world_size,
+    )
     for _ in range(run.state.step * d.grad_accum):  # skip what a resumed run already trained on
         next(stream)
     while run.state.step < run.steps:
@@ -133,8 +168,15 @@ def training_steps(run: DistillRun, cfg: Config, world: World, teacher, rank: in
         yield {"step": run.state.step, "tokens": run.state.tokens, **metrics}
 
 
-def distill(cfg: Config, world: World, teacher: nn.Module, teacher_tokens: int | None, drop: Sequence[int],
-            out_dir: str | Path, progress: bool = True) -> tuple[nn.Module, list[dict], DataBudget]:
+def distill(
+    cfg: Config,
+    world: World,
+    teacher: nn.Module,
+    teacher_tokens: int | None,
+    drop: Sequence[int],
+    out_dir: str | Path,
+    progress: bool = True,
+) -> tuple[nn.Module, list[dict], DataBudget]:
     """Student with `drop` removed, distilled from `teacher` in this process; saved under out_dir/student.
 
     Resumes from out_dir/checkpoint.pt when a previous run of the same student stopped early.

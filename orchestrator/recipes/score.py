@@ -1,5 +1,6 @@
 """Recipe: score every layer of the teacher with each configured scorer; write the
 table (CSV) and the layer-importance profile (PNG)."""
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,9 @@ from orchestrator.prune.importance import LayerScores, ScoringContext  # noqa: E
 from orchestrator.prune.select import choose_layers  # noqa: E402
 
 
-def score_all(model: nn.Module, ctx: ScoringContext, scorers: list[str], strategy: str) -> dict[str, tuple[LayerScores, list[int]]]:
+def score_all(
+    model: nn.Module, ctx: ScoringContext, scorers: list[str], strategy: str
+) -> dict[str, tuple[LayerScores, list[int]]]:
     """Scores of each scorer and the layers it would drop with `strategy`."""
     out = {}
     for name in scorers:
@@ -49,11 +52,17 @@ def write_scores(results: dict[str, tuple[LayerScores, list[int]]], out_dir: str
         w = csv.writer(f)
         w.writerow(["layer", *names, *(f"{s}_drop" for s in names)])
         for layer in range(n):
-            w.writerow([layer, *(results[s][0].scores[layer] for s in names),
-                        *(int(layer in results[s][1]) for s in names)])
+            w.writerow(
+                [layer, *(results[s][0].scores[layer] for s in names), *(int(layer in results[s][1]) for s in names)]
+            )
     json_path = out / "layer_scores.json"
-    json_path.write_text(json.dumps({s: {"scores": sc.scores, "drop": d, "evidence": sc.evidence}
-                                     for s, (sc, d) in results.items()}, indent=2, default=str))
+    json_path.write_text(
+        json.dumps(
+            {s: {"scores": sc.scores, "drop": d, "evidence": sc.evidence} for s, (sc, d) in results.items()},
+            indent=2,
+            default=str,
+        )
+    )
     png_path = out / "layer_importance.png"
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 1.7 * len(names) + 0.6), sharex=True, squeeze=False)
     for ax, s in zip(axes[:, 0], names):

@@ -2,6 +2,7 @@
 
 Files are read with soundfile: `torchaudio.load` needs torchcodec (a CUDA build plus system FFmpeg).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

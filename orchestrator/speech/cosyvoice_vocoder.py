@@ -6,19 +6,21 @@ campplus.onnx, speech_tokenizer_v2.onnx, cosyvoice2.yaml, and an llm.pt that
 CosyVoice2 loads too). Written against CosyVoice 2.0's `CosyVoice2Model.token2wav`;
 untested here, where the code is not installed.
 """
+
 from __future__ import annotations
 
 import inspect
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from orchestrator.hub import MissingPiece, require, require_file
 
-INSTALL = ("clone https://github.com/FunAudioLLM/CosyVoice and put it (and third_party/Matcha-TTS) on PYTHONPATH")
+INSTALL = "clone https://github.com/FunAudioLLM/CosyVoice and put it (and third_party/Matcha-TTS) on PYTHONPATH"
 
 
 class CosyVoiceVocoder:
@@ -27,8 +29,11 @@ class CosyVoiceVocoder:
     def __init__(self, model_dir: str | Path):
         cli = require("cosyvoice.cli.cosyvoice", INSTALL, "CosyVoice 2 audio (flow matching + HiFT)")
         d = Path(model_dir)
-        require_file(d / "cosyvoice2.yaml", "the CosyVoice 2 model",
-                     f"download it with `huggingface-cli download FunAudioLLM/CosyVoice2-0.5B --local-dir {d}`")
+        require_file(
+            d / "cosyvoice2.yaml",
+            "the CosyVoice 2 model",
+            f"download it with `huggingface-cli download FunAudioLLM/CosyVoice2-0.5B --local-dir {d}`",
+        )
         self.cosyvoice = cli.CosyVoice2(str(d))
         self.sample_rate = self.cosyvoice.sample_rate  # 24 kHz
 
@@ -50,8 +55,14 @@ class CosyVoiceVocoder:
         model.hift_cache_dict[key] = None  # the per-utterance state `tts()` would set up
         if hasattr(model, "init_flow_cache"):  # CosyVoice 2.0's cached-flow variant
             model.flow_cache_dict[key] = model.init_flow_cache()
-        kwargs = dict(token=torch.tensor([list(codes)], dtype=torch.int32), prompt_token=ref["flow_prompt_speech_token"],
-                      prompt_feat=ref["prompt_speech_feat"], embedding=ref["flow_embedding"], uuid=key, finalize=True)
+        kwargs = dict(
+            token=torch.tensor([list(codes)], dtype=torch.int32),
+            prompt_token=ref["flow_prompt_speech_token"],
+            prompt_feat=ref["prompt_speech_feat"],
+            embedding=ref["flow_embedding"],
+            uuid=key,
+            finalize=True,
+        )
         if "token_offset" in inspect.signature(model.token2wav).parameters:  # releases after 2.0
             kwargs["token_offset"] = 0
         try:
@@ -76,8 +87,11 @@ class CosyVoiceCodec:
         try:
             self.vocoder: CosyVoiceVocoder | None = CosyVoiceVocoder(model_dir)
         except MissingPiece as e:
-            print(f"prun-tts: no CosyVoice audio ({e}); evaluation reports token-level metrics only "
-                  "(speech tokens, speed, memory; no WER or similarity)", file=sys.stderr)
+            print(
+                f"prun-tts: no CosyVoice audio ({e}); evaluation reports token-level metrics only "
+                "(speech tokens, speed, memory; no WER or similarity)",
+                file=sys.stderr,
+            )
             self.vocoder = None
 
     def encode(self, audio: Any) -> list[int]:

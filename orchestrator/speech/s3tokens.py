@@ -6,10 +6,12 @@ of CosyVoice's `speech_tokenizer_v2.onnx`: `load_model(name_or_onnx_path)`, then
 `log_mel_spectrogram(audio, n_mels=128)`, `padding([mel])` and `model.quantize(mels, lens)`.
 It is imported only when a tokenizer is built.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -32,16 +34,17 @@ class S3Tokenizer:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, model: str | Path = MODEL, device: str | torch.device = "cpu") -> "S3Tokenizer":
+    def from_pretrained(cls, model: str | Path = MODEL, device: str | torch.device = "cpu") -> S3Tokenizer:
         """`model`: s3tokenizer's model name (downloaded on first use) or, offline, the path of
         `speech_tokenizer_v2.onnx` from a CosyVoice2-0.5B download."""
         s3 = require("s3tokenizer", INSTALL, "CosyVoice 2 speech tokens")
         try:
             return cls(s3.load_model(str(model)).to(device))
         except (OSError, RuntimeError) as e:  # no network for the download, or no such file / name
-            raise MissingPiece(f"cannot load the S3 speech tokenizer {str(model)!r} ({e}); pass the path of "
-                               "speech_tokenizer_v2.onnx from `huggingface-cli download FunAudioLLM/CosyVoice2-0.5B`"
-                               ) from None
+            raise MissingPiece(
+                f"cannot load the S3 speech tokenizer {str(model)!r} ({e}); pass the path of "
+                "speech_tokenizer_v2.onnx from `huggingface-cli download FunAudioLLM/CosyVoice2-0.5B`"
+            ) from None
 
     @torch.no_grad()
     def encode(self, audio: Any) -> list[int]:

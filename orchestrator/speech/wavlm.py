@@ -5,9 +5,11 @@ checkpoint of its own code, not a transformers class), so its absolute numbers a
 Any `WavLMForXVector` checkpoint plugs in; the default, microsoft/wavlm-base-plus-sv, is the stock
 substitute. Compare scores only within one verifier.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,13 @@ class WavLMVerifier:
         self.min_samples = min_samples(model.config)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "microsoft/wavlm-base-plus-sv", device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str | None = None, batch_size: int = 16) -> "WavLMVerifier":
+    def from_pretrained(
+        cls,
+        name_or_path: str = "microsoft/wavlm-base-plus-sv",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 16,
+    ) -> WavLMVerifier:
         def load(path: str) -> WavLMVerifier:
             model = WavLMForXVector.from_pretrained(path, dtype=dtype).to(device)
             return cls(model, Wav2Vec2FeatureExtractor.from_pretrained(path), batch_size)
@@ -46,10 +53,15 @@ class WavLMVerifier:
         waves = [self._fit(as_waveform(a, self.sample_rate, sample_rate)) for a in audios]
         vectors = []
         for start in range(0, len(waves), self.batch_size):
-            inputs = self.feature_extractor([w.numpy() for w in waves[start:start + self.batch_size]],
-                                            sampling_rate=self.sample_rate, padding=True, return_tensors="pt")
-            inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype)
-                      for k, v in inputs.items()}
+            inputs = self.feature_extractor(
+                [w.numpy() for w in waves[start : start + self.batch_size]],
+                sampling_rate=self.sample_rate,
+                padding=True,
+                return_tensors="pt",
+            )
+            inputs = {
+                k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
+            }
             vectors.append(model(**inputs).embeddings.float().cpu())
         return F.normalize(torch.cat(vectors), dim=-1)
 

@@ -4,21 +4,33 @@ Greedy decoding of clips up to 30 s (longer clips are cut at 30 s: TTS test utte
 Seed-TTS-eval scores Chinese with Paraformer-zh, which is not a transformers model; Whisper with
 language "zh" is the stand-in. Text normalisation (case, punctuation) is left to the WER scorer.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from transformers import (PreTrainedTokenizerBase, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-                          WhisperProcessor)
+from transformers import (
+    PreTrainedTokenizerBase,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
 
 from orchestrator.hub import load_pretrained
 from orchestrator.speech.audio import as_waveform
 
 
 class WhisperASR:
-    def __init__(self, model: WhisperForConditionalGeneration, feature_extractor: WhisperFeatureExtractor,
-                 tokenizer: PreTrainedTokenizerBase, language: str = "en", batch_size: int = 16):
+    def __init__(
+        self,
+        model: WhisperForConditionalGeneration,
+        feature_extractor: WhisperFeatureExtractor,
+        tokenizer: PreTrainedTokenizerBase,
+        language: str = "en",
+        batch_size: int = 16,
+    ):
         self.model = model.eval()
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
@@ -31,9 +43,14 @@ class WhisperASR:
         self.generate_kwargs = {"language": language, "task": "transcribe"} if multilingual else {}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "openai/whisper-large-v3", device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str | None = None, language: str = "en",
-                        batch_size: int = 16) -> "WhisperASR":
+    def from_pretrained(
+        cls,
+        name_or_path: str = "openai/whisper-large-v3",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        language: str = "en",
+        batch_size: int = 16,
+    ) -> WhisperASR:
         def load(path: str) -> WhisperASR:
             model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
             processor = WhisperProcessor.from_pretrained(path)
@@ -47,10 +64,15 @@ class WhisperASR:
         model = self.model
         texts: list[str] = []
         for start in range(0, len(audios), self.batch_size):
-            waves = [as_waveform(a, self.sample_rate, sample_rate).numpy()
-                     for a in audios[start:start + self.batch_size]]
+            waves = [
+                as_waveform(a, self.sample_rate, sample_rate).numpy() for a in audios[start : start + self.batch_size]
+            ]
             features = self.feature_extractor(waves, sampling_rate=self.sample_rate, return_tensors="pt")
-            ids = model.generate(features.input_features.to(model.device, model.dtype), do_sample=False,
-                                 num_beams=1, **self.generate_kwargs)
+            ids = model.generate(
+                features.input_features.to(model.device, model.dtype),
+                do_sample=False,
+                num_beams=1,
+                **self.generate_kwargs,
+            )
             texts += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return texts

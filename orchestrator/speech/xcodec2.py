@@ -9,9 +9,11 @@ cannot be installed next to the torch this project uses, and its `from_pretraine
 transformers 5.x. Whether its checkpoint (`HKUSTAudio/xcodec2`) and the converted native one
 (`hf-audio/xcodec2`) give identical codes has not been checked here (no network).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import Xcodec2FeatureExtractor, Xcodec2Model
@@ -27,8 +29,9 @@ class Xcodec2Codec:
     float32 for hf-audio/xcodec2); float32 is the reference, half precision can flip a few codes.
     """
 
-    def __init__(self, model: Xcodec2Model, feature_extractor: Xcodec2FeatureExtractor | None = None,
-                 batch_size: int = 16):
+    def __init__(
+        self, model: Xcodec2Model, feature_extractor: Xcodec2FeatureExtractor | None = None, batch_size: int = 16
+    ):
         self.model = model.eval()
         cfg = model.config
         self.sample_rate = cfg.sampling_rate
@@ -36,12 +39,18 @@ class Xcodec2Codec:
         self.token_rate = self.sample_rate / self.hop_length
         # Without one (tests), built from its defaults, with the model's rate and hop.
         self.feature_extractor = feature_extractor or Xcodec2FeatureExtractor(
-            sampling_rate=self.sample_rate, hop_length=self.hop_length)
+            sampling_rate=self.sample_rate, hop_length=self.hop_length
+        )
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "hf-audio/xcodec2", device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str | None = None, batch_size: int = 16) -> "Xcodec2Codec":
+    def from_pretrained(
+        cls,
+        name_or_path: str = "hf-audio/xcodec2",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 16,
+    ) -> Xcodec2Codec:
         def load(path: str) -> Xcodec2Codec:
             model = Xcodec2Model.from_pretrained(path, dtype=dtype).to(device)
             return cls(model, Xcodec2FeatureExtractor.from_pretrained(path), batch_size)
@@ -73,16 +82,18 @@ class Xcodec2Codec:
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
         codes: list[list[int]] = [[] for _ in waves]
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            inputs = self.feature_extractor([waves[i] for i in chunk], sampling_rate=self.sample_rate,
-                                            return_tensors="pt")
+            chunk = order[start : start + self.batch_size]
+            inputs = self.feature_extractor(
+                [waves[i] for i in chunk], sampling_rate=self.sample_rate, return_tensors="pt"
+            )
             out = self.model.encode(
                 input_values=inputs["input_values"].to(self.device, self.model.dtype),
                 input_features=inputs["input_features"].to(self.device, self.model.dtype),
-                input_features_mask=inputs["input_features_mask"].to(self.device))
+                input_features_mask=inputs["input_features_mask"].to(self.device),
+            )
             batch_codes = out.audio_codes[:, 0].cpu()  # (batch, 1 codebook, frames) -> (batch, frames)
             for row, i in enumerate(chunk):
-                codes[i] = batch_codes[row, :self.n_codes(len(waves[i]))].tolist()
+                codes[i] = batch_codes[row, : self.n_codes(len(waves[i]))].tolist()
         return codes
 
     @torch.no_grad()

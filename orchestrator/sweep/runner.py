@@ -6,6 +6,7 @@ run), then write the trade-off (trials CSV, Pareto plot) to the sweep's MLflow r
 Everything lives under `sweep.storage_path/sweep.name`; running the same sweep again
 resumes it: finished trials are kept, unfinished ones continue from their checkpoints.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,10 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e}); give the head node's "
-                          "HOST:PORT (6379 by default), or leave --address out for a private local Ray") from None
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there ({e}); give the head node's "
+            "HOST:PORT (6379 by default), or leave --address out for a private local Ray"
+        ) from None
 
 
 def trial_resources(cfg: Config) -> dict[str, float]:
@@ -56,9 +59,15 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     if fits < 1:
         have = ", ".join(f"{cluster.get(r, 0):g} {r}" for r in need)
         want = ", ".join(f"{v:g} {r}" for r, v in need.items())
-        fix = "train.gpus_per_worker" if "GPU" in need and cluster.get("GPU", 0) < need["GPU"] else "train.cpus_per_worker"
-        raise ConfigError(f"train.num_workers={cfg.train.num_workers}: one trial needs {want} (driver + workers); "
-                          f"the cluster has {have}. Lower train.num_workers or {fix}, or add nodes")
+        fix = (
+            "train.gpus_per_worker"
+            if "GPU" in need and cluster.get("GPU", 0) < need["GPU"]
+            else "train.cpus_per_worker"
+        )
+        raise ConfigError(
+            f"train.num_workers={cfg.train.num_workers}: one trial needs {want} (driver + workers); "
+            f"the cluster has {have}. Lower train.num_workers or {fix}, or add nodes"
+        )
     return min(fits, cfg.sweep.max_concurrent_trials) if cfg.sweep.max_concurrent_trials else fits
 
 
@@ -123,8 +132,9 @@ def layer_plans(cfg: Config, n_layers: int, log=print) -> tuple[dict[str, list[i
     chosen, refs = {}, {}
     if any(s == "wli" and st != "iterative" for s, st, _ in keys):
         log(f"      wli: {n_layers + 1} syntheses of the dev set as parallel Ray tasks")
-        wers = ray.get([_wer_without.options(**opts).remote(cfg_dict, layers)
-                        for layers in [[]] + [[l] for l in range(n_layers)]])
+        wers = ray.get(
+            [_wer_without.options(**opts).remote(cfg_dict, layers) for layers in [[]] + [[l] for l in range(n_layers)]]
+        )
         wli = wli_from_wers(wers[0], wers[1:], cfg.score.n_items)
     for s, st, k in keys:
         if s == "wli" and st != "iterative":  # selection from the parallel scores: no task needed
@@ -142,15 +152,22 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
     n_layers = teacher_layers(cfg)
     space = param_space(sw, n_layers)
     if cfg.distill.batch_size % cfg.train.num_workers:
-        raise ConfigError(f"distill.batch_size={cfg.distill.batch_size} does not split over train.num_workers="
-                          f"{cfg.train.num_workers}; make the batch size a multiple of the number of workers")
+        raise ConfigError(
+            f"distill.batch_size={cfg.distill.batch_size} does not split over train.num_workers="
+            f"{cfg.train.num_workers}; make the batch size a multiple of the number of workers"
+        )
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # inside `ray job submit`: the working directory is temporary
-        relative = [f for f, v in (("sweep.storage_path", sw.storage_path), ("output_dir", cfg.output_dir))
-                    if not Path(v).is_absolute()]
+        relative = [
+            f
+            for f, v in (("sweep.storage_path", sw.storage_path), ("output_dir", cfg.output_dir))
+            if not Path(v).is_absolute()
+        ]
         if relative:
-            raise ConfigError(f"{', '.join(relative)} must be absolute paths in a Ray job (its working directory is "
-                              "deleted afterwards): give a directory every node sees, e.g. "
-                              "--set sweep.storage_path=/mnt/shared/sweeps --set output_dir=/mnt/shared/runs")
+            raise ConfigError(
+                f"{', '.join(relative)} must be absolute paths in a Ray job (its working directory is "
+                "deleted afterwards): give a directory every node sees, e.g. "
+                "--set sweep.storage_path=/mnt/shared/sweeps --set output_dir=/mnt/shared/runs"
+            )
     uri = tracking.tracking_uri(cfg.tracking.uri, cfg.output_dir)
     tracking.check_tracking(uri)
     address = address or os.environ.get("RAY_ADDRESS")
@@ -161,15 +178,21 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or "local", num_cpus=None if address else sw.local_cpus,
-                 include_dashboard=False if not address else None, log_to_driver=progress)
+        ray.init(
+            address=address or "local",
+            num_cpus=None if address else sw.local_cpus,
+            include_dashboard=False if not address else None,
+            log_to_driver=progress,
+        )
     try:
         concurrency = concurrent_trials(cfg, ray.cluster_resources())
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         if nodes > 1 and uri.startswith("sqlite:"):
-            raise ConfigError(f"tracking.uri {uri}: a sqlite file is local to one node, and this cluster has {nodes}; "
-                              "run an MLflow server (cluster.yaml starts one on the head) and set "
-                              "tracking.uri=http://HEAD:5000 or MLFLOW_TRACKING_URI")
+            raise ConfigError(
+                f"tracking.uri {uri}: a sqlite file is local to one node, and this cluster has {nodes}; "
+                "run an MLflow server (cluster.yaml starts one on the head) and set "
+                "tracking.uri=http://HEAD:5000 or MLFLOW_TRACKING_URI"
+            )
         return _run(cfg, base, uri, space, n_layers, concurrency, progress, log)
     finally:
         if started:
@@ -179,8 +202,10 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
 def _check_same_sweep(cfg: Config, base: Path) -> None:
     saved = base / "config.json"
     if saved.is_file() and json.loads(saved.read_text()) != _comparable(cfg):
-        raise ConfigError(f"sweep {cfg.sweep.name!r} in {base} was started with a different config; resume it "
-                          "with the same settings, or give this one a new sweep.name")
+        raise ConfigError(
+            f"sweep {cfg.sweep.name!r} in {base} was started with a different config; resume it "
+            "with the same settings, or give this one a new sweep.name"
+        )
 
 
 def _comparable(cfg: Config) -> dict:
@@ -190,8 +215,7 @@ def _comparable(cfg: Config) -> dict:
     return d
 
 
-def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurrency: int, progress: bool,
-         log) -> dict:
+def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurrency: int, progress: bool, log) -> dict:
     sw = cfg.sweep
     base.mkdir(parents=True, exist_ok=True)
     (base / "config.json").write_text(json.dumps(_comparable(cfg), indent=2))
@@ -208,27 +232,49 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
     sweep_tags = {"prun_tts.sweep": str(base)}
     parent = tracking.find_run(uri, exp_id, {**sweep_tags, tracking.ROLE: "sweep"})
     if parent is None:
-        parent = tracking.start_run(uri, exp_id, sw.name, "sweep", params=tracking.flatten(cfg_dict),
-                                    tags={**sweep_tags, "prun_tts.teacher": cfg.world.teacher.path,
-                                          "prun_tts.teacher_digest": meta.get("digest", ""),
-                                          "prun_tts.code_version": tracking.code_version(),
-                                          "prun_tts.search_space": json.dumps(space, default=str)})
+        parent = tracking.start_run(
+            uri,
+            exp_id,
+            sw.name,
+            "sweep",
+            params=tracking.flatten(cfg_dict),
+            tags={
+                **sweep_tags,
+                "prun_tts.teacher": cfg.world.teacher.path,
+                "prun_tts.teacher_digest": meta.get("digest", ""),
+                "prun_tts.code_version": tracking.code_version(),
+                "prun_tts.search_space": json.dumps(space, default=str),
+            },
+        )
     baseline_file = base / "baseline.json"
     if baseline_file.is_file():
         baseline = json.loads(baseline_file.read_text())
     else:
         log(f"      evaluating the teacher on {cfg.evaluate.n_items} test items (baseline run)")
         baseline = ray.get(_evaluate_teacher.options(**_task_options(cfg)).remote(cfg_dict))
-        run = tracking.start_run(uri, exp_id, f"teacher ({n_layers} layers)", "baseline", parent,
-                                 params={"dropped_layers": "", "kept_layers": "-".join(map(str, range(n_layers))),
-                                         "scorer": "none", "ratio": 0.0}, tags=sweep_tags)
+        run = tracking.start_run(
+            uri,
+            exp_id,
+            f"teacher ({n_layers} layers)",
+            "baseline",
+            parent,
+            params={
+                "dropped_layers": "",
+                "kept_layers": "-".join(map(str, range(n_layers))),
+                "scorer": "none",
+                "ratio": 0.0,
+            },
+            tags=sweep_tags,
+        )
         tracking.log_metrics(uri, run, baseline)
         tracking.finish_run(uri, run)
         baseline_file.write_text(json.dumps(baseline, indent=2))
     log(f"      teacher: {n_layers} layers, WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
     if math.isnan(baseline["wer"]):
-        raise ConfigError("the teacher's WER is NaN: this world's codec makes no audio here (CosyVoice 2 without "
-                          "CosyVoice's code on PYTHONPATH), so a sweep cannot compare students; install it")
+        raise ConfigError(
+            "the teacher's WER is NaN: this world's codec makes no audio here (CosyVoice 2 without "
+            "CosyVoice's code on PYTHONPATH), so a sweep cannot compare students; install it"
+        )
 
     log("[2/5] layer choices of each scorer (once for the whole sweep)")
     plans_file = base / "plans.json"
@@ -246,19 +292,38 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
     cache_dir = None
     if cfg.distill.teacher_cache and not spec.needs_attention:
         log("[3/5] teacher outputs on the distillation data (once for the whole sweep)")
-        key = {"teacher_digest": meta.get("digest"), "teacher": cfg.world.teacher.path,
-               "teacher_tokens": meta["train_tokens"], "pairs": budget.pairs, "with_hidden": spec.needs_hidden,
-               "world": cfg.world.model_dump(exclude={"teacher"})}
-        cache_dir = ray.get(_build_cache.options(**_task_options(cfg)).remote(cfg_dict, str(base / "teacher-cache"),
-                                                                               key, spec.needs_hidden))
+        key = {
+            "teacher_digest": meta.get("digest"),
+            "teacher": cfg.world.teacher.path,
+            "teacher_tokens": meta["train_tokens"],
+            "pairs": budget.pairs,
+            "with_hidden": spec.needs_hidden,
+            "world": cfg.world.model_dump(exclude={"teacher"}),
+        }
+        cache_dir = ray.get(
+            _build_cache.options(**_task_options(cfg)).remote(
+                cfg_dict, str(base / "teacher-cache"), key, spec.needs_hidden
+            )
+        )
     else:  # attention maps are not cached: with an attention term every step runs the teacher anyway
         log("[3/5] no teacher cache (distill.teacher_cache=false or an attention term): trials run the teacher")
-    reports = budget.pairs * cfg.distill.epochs // (cfg.distill.batch_size * cfg.distill.grad_accum) \
-        // cfg.train.report_every + 1
+    reports = (
+        budget.pairs * cfg.distill.epochs // (cfg.distill.batch_size * cfg.distill.grad_accum) // cfg.train.report_every
+        + 1
+    )
 
-    shared = {"cfg": cfg_dict, "n_layers": n_layers, "plans": plans, "baseline": baseline,
-              "teacher_tokens": meta["train_tokens"], "teacher_cache": cache_dir, "tracking_uri": uri,
-              "experiment_id": exp_id, "parent_run_id": parent, "train_storage": str(base / "train")}
+    shared = {
+        "cfg": cfg_dict,
+        "n_layers": n_layers,
+        "plans": plans,
+        "baseline": baseline,
+        "teacher_tokens": meta["train_tokens"],
+        "teacher_cache": cache_dir,
+        "tracking_uri": uri,
+        "experiment_id": exp_id,
+        "parent_run_id": parent,
+        "train_storage": str(base / "train"),
+    }
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=shared), {"CPU": cfg.train.driver_cpus})
     tune_dir = base / "tune"
     if tune.Tuner.can_restore(str(tune_dir)):
@@ -266,8 +331,12 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
         tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
     else:
         log(f"[4/5] Tune: up to {concurrency} trials at once, {cfg.train.num_workers} Train workers each")
-        tuner = tune.Tuner(trainable, param_space=space, tune_config=_tune_config(cfg, concurrency, reports),
-                           run_config=tune.RunConfig(name="tune", storage_path=str(base), verbose=1 if progress else 0))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=_tune_config(cfg, concurrency, reports),
+            run_config=tune.RunConfig(name="tune", storage_path=str(base), verbose=1 if progress else 0),
+        )
     try:
         results = tuner.fit()
     except BaseException:
@@ -284,17 +353,28 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurre
     for f in files.values():
         tracking.log_artifacts(uri, parent, f, "results")
     done = [r for r in rows if r["status"] == "ok"]
-    tracking.log_metrics(uri, parent, {"trials": len(rows), "trials_ok": len(done),
-                                       **({"best_wer": min(r["wer"] for r in done)} if done else {})})
+    tracking.log_metrics(
+        uri,
+        parent,
+        {"trials": len(rows), "trials_ok": len(done), **({"best_wer": min(r["wer"] for r in done)} if done else {})},
+    )
     tracking.finish_run(uri, parent)
     table = format_trials(rows, baseline)
     log(table)
     where = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    log(f"MLflow: experiment {cfg.tracking.experiment!r}, sweep run {parent}\n  open: {where}\n"
+    log(
+        f"MLflow: experiment {cfg.tracking.experiment!r}, sweep run {parent}\n  open: {where}\n"
         f"  compare: select the runs of this sweep, Chart view, scatter chart x=n_layers y=wer\n"
-        f"  files: {base / 'results'}")
-    return {"rows": rows, "baseline": baseline, "parent_run_id": parent, "tracking_uri": uri, "files": files,
-            "storage": str(base)}
+        f"  files: {base / 'results'}"
+    )
+    return {
+        "rows": rows,
+        "baseline": baseline,
+        "parent_run_id": parent,
+        "tracking_uri": uri,
+        "files": files,
+        "storage": str(base),
+    }
 
 
 def _tune_config(cfg: Config, concurrency: int, reports: int = 100) -> tune.TuneConfig:
@@ -306,14 +386,16 @@ def _tune_config(cfg: Config, concurrency: int, reports: int = 100) -> tune.Tune
         from ray.tune.search.optuna import OptunaSearch
 
         # metric/mode stay off TuneConfig: set there, they would turn the search single-objective
-        search_alg = OptunaSearch(metric=list(sw.objectives), mode=["min" if m != "sim" else "max" for m in sw.objectives],
-                                  seed=sw.seed)
+        search_alg = OptunaSearch(
+            metric=list(sw.objectives), mode=["min" if m != "sim" else "max" for m in sw.objectives], seed=sw.seed
+        )
     if sw.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(metric=sw.asha_metric, mode="min", grace_period=sw.asha_grace, max_t=reports + 1)
-    return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=sw.num_samples,
-                           max_concurrent_trials=concurrency)
+    return tune.TuneConfig(
+        search_alg=search_alg, scheduler=scheduler, num_samples=sw.num_samples, max_concurrent_trials=concurrency
+    )
 
 
 def trial_rows(results, plans: dict, n_layers: int) -> list[dict]:
@@ -324,8 +406,14 @@ def trial_rows(results, plans: dict, n_layers: int) -> list[dict]:
         drop, scorer, strategy = trial_choice(r.config, plans, n_layers)
         m = r.metrics or {}
         status = "ok" if r.error is None and "wer" in m else "error" if r.error is not None else "stopped"
-        row = {"trial_id": m.get("trial_id", ""), "dropped_layers": layer_set(drop), "scorer": scorer,
-               "strategy": strategy, "status": status, "label": layer_set(drop)}
+        row = {
+            "trial_id": m.get("trial_id", ""),
+            "dropped_layers": layer_set(drop),
+            "scorer": scorer,
+            "strategy": strategy,
+            "status": status,
+            "label": layer_set(drop),
+        }
         for k in ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "loss"):
             row[k] = m.get(k, float("nan"))
         row["time_s"] = m.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
@@ -350,17 +438,23 @@ def write_tradeoff(rows: list[dict], baseline: dict, out: Path) -> dict[str, Pat
 
 
 def format_trials(rows: list[dict], baseline: dict) -> str:
-    lines = ["| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | SIM   | speed-up |",
-             "|--------------------------|--------------------|-------|--------|--------|-------|----------|",
-             f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
-             f"|   0.00 | {baseline['sim']:.3f} |    1.00x |"]
+    lines = [
+        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | SIM   | speed-up |",
+        "|--------------------------|--------------------|-------|--------|--------|-------|----------|",
+        f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
+        f"|   0.00 | {baseline['sim']:.3f} |    1.00x |",
+    ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
-                         f"| {'stopped early by the scheduler' if r['status'] == 'stopped' else 'failed (see the trial log)'}")
+            lines.append(
+                f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
+                f"| {'stopped early by the scheduler' if r['status'] == 'stopped' else 'failed (see the trial log)'}"
+            )
             continue
-        lines.append(f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
-                     f"| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |")
+        lines.append(
+            f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
+            f"| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |"
+        )
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ Every choice is a scalar (Optuna's categorical choices must be): the number of l
 to remove `n_drop`, a scorer and strategy name, a layer set as a string ("2-3-4-7"),
 or a block start.
 """
+
 from __future__ import annotations
 
 from ray import tune
@@ -28,8 +29,10 @@ def drop_counts(sw: SweepConfig, n_layers: int) -> list[int]:
         counts = list(range(counts[0], counts[-1] + 1))
     bad = [k for k in counts if not 1 <= k < n_layers]
     if bad:
-        raise ConfigError(f"sweep.ratio={sw.ratio} asks to remove {bad} of {n_layers} layers; "
-                          f"use ratios that remove between 1 and {n_layers - 1}")
+        raise ConfigError(
+            f"sweep.ratio={sw.ratio} asks to remove {bad} of {n_layers} layers; "
+            f"use ratios that remove between 1 and {n_layers - 1}"
+        )
     return counts
 
 
@@ -73,4 +76,8 @@ def trial_choice(config: dict, plans: dict[str, list[int]], n_layers: int) -> tu
     """The layers a trial removes, and the scorer and strategy that chose them."""
     if "layer_set" in config:
         return parse_layer_set(config["layer_set"]), "manual", "manual"
-    return plans[plan_name(config["scorer"], config["strategy"], config["n_drop"])], config["scorer"], config["strategy"]
+    return (
+        plans[plan_name(config["scorer"], config["strategy"], config["n_drop"])],
+        config["scorer"],
+        config["strategy"],
+    )

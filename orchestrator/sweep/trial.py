@@ -6,6 +6,7 @@ execute `train_loop_per_worker`, a plain PyTorch distillation loop over their sh
 the data (DDP: gloo on CPUs, NCCL on GPUs). Rank 0 then evaluates the student and
 reports the final quality metrics, which Tune (and Optuna) see as the trial's result.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = Config.model_validate(config["cfg"])
     world = build_world(cfg)
     teacher = load_model(world, cfg.world.teacher.path, ray.train.torch.get_device())
-    run = prepare_distill(cfg, world, teacher, config["teacher_tokens"], config["drop"], size,
-                          wrap=ray.train.torch.prepare_model)
+    run = prepare_distill(
+        cfg, world, teacher, config["teacher_tokens"], config["drop"], size, wrap=ray.train.torch.prepare_model
+    )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a resumed trial continues where its last checkpoint stopped
         with checkpoint.as_directory() as d:
@@ -61,8 +63,10 @@ def train_loop_per_worker(config: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="student-") as files:
         if rank == 0:
             final = _evaluate_and_save(cfg, world, teacher, student, source, run, config, Path(files))
-        ray.train.report({**last, "step": run.state.step, **final},
-                         checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 else None)
+        ray.train.report(
+            {**last, "step": run.state.step, **final},
+            checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 else None,
+        )
 
 
 def _evaluate_and_save(cfg, world, teacher, student, source, run, config, files: Path) -> dict:
@@ -95,9 +99,17 @@ def _report(metrics: dict, state) -> None:
 def trial_metrics(ev, speed: float, baseline: dict) -> dict:
     """The child-run contract's metrics (WER in %, deltas against the teacher's baseline run)."""
     wer = 100 * ev.wer
-    return {"wer": wer, "sim": ev.sim, "n_layers": ev.n_layers, "params_m": ev.params / 1e6, "rtf": ev.rtf,
-            "speedup": speed, "wer_delta": wer - baseline["wer"], "sim_delta": ev.sim - baseline["sim"],
-            "peak_mem_mb": ev.peak_mem_mb}
+    return {
+        "wer": wer,
+        "sim": ev.sim,
+        "n_layers": ev.n_layers,
+        "params_m": ev.params / 1e6,
+        "rtf": ev.rtf,
+        "speedup": speed,
+        "wer_delta": wer - baseline["wer"],
+        "sim_delta": ev.sim - baseline["sim"],
+        "peak_mem_mb": ev.peak_mem_mb,
+    }
 
 
 def run_trial(config: dict, sweep: dict) -> None:
@@ -110,22 +122,44 @@ def run_trial(config: dict, sweep: dict) -> None:
     uri, exp_id, parent = sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"]
     tags = {"prun_tts.trial_id": trial_id, tracking.PARENT: parent}
     run_id = tracking.find_run(uri, exp_id, tags) or tracking.start_run(
-        uri, exp_id, f"drop {layer_set(drop)} ({len(kept)} layers)", "trial", parent,
-        params={"dropped_layers": layer_set(drop), "kept_layers": layer_set(kept), "scorer": scorer,
-                "strategy": strategy, "ratio": round(len(drop) / n, 4), "n_drop": len(drop), "trial_id": trial_id},
-        tags=tags)
+        uri,
+        exp_id,
+        f"drop {layer_set(drop)} ({len(kept)} layers)",
+        "trial",
+        parent,
+        params={
+            "dropped_layers": layer_set(drop),
+            "kept_layers": layer_set(kept),
+            "scorer": scorer,
+            "strategy": strategy,
+            "ratio": round(len(drop) / n, 4),
+            "n_drop": len(drop),
+            "trial_id": trial_id,
+        },
+        tags=tags,
+    )
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": sweep["cfg"], "drop": drop, "teacher_tokens": sweep["teacher_tokens"],
-                           "teacher_cache": sweep["teacher_cache"], "baseline": sweep["baseline"],
-                           "tracking_uri": uri, "run_id": run_id},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=sweep["train_storage"],
-                                       callbacks=[TuneReportCallback()],
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+        train_loop_config={
+            "cfg": sweep["cfg"],
+            "drop": drop,
+            "teacher_tokens": sweep["teacher_tokens"],
+            "teacher_cache": sweep["teacher_cache"],
+            "baseline": sweep["baseline"],
+            "tracking_uri": uri,
+            "run_id": run_id,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=sweep["train_storage"],
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
     )
     try:
         result = trainer.fit()
@@ -142,5 +176,18 @@ def run_trial(config: dict, sweep: dict) -> None:
     tracking.finish_run(uri, run_id)
 
 
-CONTRACT_METRICS = ("wer", "sim", "n_layers", "params_m", "rtf", "speedup", "wer_delta", "sim_delta", "peak_mem_mb",
-                    "teacher_cache_hits", "data_pairs", "data_hours", "data_tokens")
+CONTRACT_METRICS = (
+    "wer",
+    "sim",
+    "n_layers",
+    "params_m",
+    "rtf",
+    "speedup",
+    "wer_delta",
+    "sim_delta",
+    "peak_mem_mb",
+    "teacher_cache_hits",
+    "data_pairs",
+    "data_hours",
+    "data_tokens",
+)

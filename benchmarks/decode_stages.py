@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.builders import build_world, load_teacher, n_to_drop, pick_device, scoring_context
+from orchestrator.builders import build_world, load_teacher, pick_device, scoring_context
 from orchestrator.config import load_config
 from orchestrator.evaluate.synthesis import evaluate_model
 from orchestrator.prune.importance import wli_scores
@@ -47,13 +47,14 @@ def main() -> None:
     world = build_world(cfg)
     device = pick_device(cfg)
     teacher, _ = load_teacher(cfg, world, device)
-    n_layers = cfg.world.teacher.layers
     times = {(s, stage): [] for s in SETTINGS for stage in ("wli", "evaluation")}
     numbers = {}
     for _ in range(args.repeats):
         for name, setting in SETTINGS.items():
             ev = cfg.evaluate.model_copy(update=setting)
-            ctx = scoring_context(cfg.model_copy(update={"evaluate": ev}), world, n_to_drop(cfg, n_layers))
+            ctx = scoring_context(
+                cfg.model_copy(update={"evaluate": ev}), world, 1
+            )  # WLI scores every layer whatever the number to drop
             start = time.perf_counter()
             wli = wli_scores(teacher, ctx)
             times[(name, "wli")].append(time.perf_counter() - start)

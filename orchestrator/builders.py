@@ -31,17 +31,33 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-def teacher_source(cfg: Config, world: World, progress: bool = True) -> tuple[str, dict]:
-    """Where the teacher is (the mini one trained first if need be; a hub id or a directory
-    for real worlds) and what is known of its training (tokens seen, for the data budget)."""
+def teacher_source_if_ready(cfg: Config) -> tuple[str, dict]:
+    """The teacher's path and training record without training anything: for a mini teacher
+    not trained yet, where it will be and the tokens it will be trained on (to check a data
+    budget before any work)."""
     if cfg.world.name != "mini":
         from orchestrator.real import teacher_meta
 
         path = cfg.world.teacher.path
         return (str(Path(path).resolve()) if Path(path).exists() else path), teacher_meta(cfg)
+    from orchestrator.mini.teacher import cache_dir, expected_train_tokens, find_teacher, read_meta, teacher_digest
+
+    path = find_teacher(cfg)
+    if path is not None:
+        return str(path), read_meta(path)
+    return str(cache_dir() / f"mini-teacher-{teacher_digest(cfg)}"), {
+        "train_tokens": expected_train_tokens(cfg, build_world(cfg))
+    }
+
+
+def teacher_source(cfg: Config, world: World | None = None, progress: bool = True) -> tuple[str, dict]:
+    """Where the teacher is (the mini one trained first if need be; a hub id or a directory
+    for real worlds) and what is known of its training (tokens seen, for the data budget)."""
+    if cfg.world.name != "mini":
+        return teacher_source_if_ready(cfg)
     from orchestrator.mini.teacher import ensure_teacher
 
-    path, meta = ensure_teacher(cfg, world, progress)
+    path, meta = ensure_teacher(cfg, world or build_world(cfg), progress)
     return str(Path(path).resolve()), meta
 
 
@@ -80,16 +96,6 @@ def save_student(world: World, model: nn.Module, out: str | Path) -> None:
     native = getattr(world.family, "save_native", None)
     if native is not None:
         native(model, Path(out) / "native")
-
-
-def n_to_drop(cfg: Config, n_layers: int) -> int:
-    k = round(cfg.prune.ratio * n_layers)
-    if not 1 <= k < n_layers:
-        raise ConfigError(
-            f"prune.ratio={cfg.prune.ratio} removes {k} of {n_layers} layers; "
-            f"pick a ratio that removes between 1 and {n_layers - 1}"
-        )
-    return k
 
 
 def scoring_context(cfg: Config, world: World, n_drop: int, progress: bool = False) -> ScoringContext:

@@ -21,11 +21,16 @@ from orchestrator.prune.surgery import LayerSetError
 
 def _layer_list(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give layer indices as comma-separated integers, e.g. 1,3,5"
         ) from None
+    if not layers:
+        raise argparse.ArgumentTypeError("no layers given: list layer indices, e.g. 1,3,5")
+    if any(i < 0 for i in layers):
+        raise argparse.ArgumentTypeError(f"{text!r}: layer indices start at 0")
+    return layers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config field, e.g. --set prune.ratio=0.5 (repeatable)",
         )
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.add_argument("--verbose", action="store_true", help="Ray's and MLflow's own messages on the terminal")
         return sp
 
     sp = sub.add_parser("prune", help="remove decoder layers from a model and save the student")
@@ -92,10 +98,48 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             return cmd_prune(args)
         cfg = load_config(args.config, args.overrides)
+        check_inputs(cfg, args)
         return COMMANDS[args.command](cfg, args)
     except (ConfigError, LayerSetError) as e:
         print(f"prun-tts {args.command}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nprun-tts {args.command}: interrupted. {RESUMES.get(args.command, 'Nothing was left half-written.')}",
+            file=sys.stderr,
+        )
+        return 130
+
+
+RESUMES = {  # what the same command does when started again after Ctrl-C
+    "sweep": "Run the same command again to resume: finished stages and trials are kept, the trial "
+    "in progress continues from its last checkpoint.",
+    "demo": "Run the same command again to resume: finished stages are kept, a distillation continues "
+    "from its last checkpoint.",
+    "distill": "Run the same command again to resume from the last checkpoint.",
+    "evaluate": "Run the same command again to resume: the items already scored are kept.",
+    "score": "Run the same command again to score again (nothing was kept).",
+    "shards": "Run the same command again: finished shards are kept.",
+}
+
+
+def check_inputs(cfg: Config, args) -> None:
+    """Paths the user gave, checked before any work: the teacher, --model, --out, output_dir."""
+    from orchestrator.model_checks import check_model_dir, check_output_dir
+
+    if cfg.world.name == "mini":
+        from orchestrator.mini.teacher import configured_path
+
+        teacher = configured_path(cfg)
+        if teacher.exists():  # a missing mini teacher is trained on first use
+            check_model_dir(str(teacher), "world.teacher.path", "mini")
+    else:
+        check_model_dir(cfg.world.teacher.path, "world.teacher.path", cfg.world.name)
+    if getattr(args, "model", None):
+        check_model_dir(args.model, "--model", cfg.world.name)
+    if getattr(args, "out", None):
+        check_output_dir(args.out, "--out")
+    check_output_dir(cfg.output_dir, "output_dir")
 
 
 def _check_new_dir(path: str) -> Path:
@@ -108,8 +152,11 @@ def _check_new_dir(path: str) -> Path:
 def cmd_prune(args) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from orchestrator.model_checks import check_model_dir, check_output_dir
     from orchestrator.prune.surgery import drop_layers, resolve_keep
 
+    check_output_dir(args.out, "--out")
+    check_model_dir(args.model, "--model")
     out = _check_new_dir(args.out)
     if (Path(args.model) / "llm.pt").is_file():
         return _prune_cosyvoice(args, out)
@@ -171,90 +218,66 @@ def _copy_tokenizer(model: str, out: Path) -> None:
 
 
 def cmd_score(cfg: Config, args) -> int:
-    from orchestrator.builders import build_world, load_teacher, n_to_drop, pick_device, scoring_context
+    """Every scorer's layer profile, and the layers each (strategy, ratio) of the config removes."""
+    from orchestrator.builders import build_world, load_teacher, pick_device, scoring_context
+    from orchestrator.pipeline.stages import drop_counts
     from orchestrator.prune.surgery import decoder_layers
     from orchestrator.recipes.score import format_table, score_all, write_scores
 
     world = build_world(cfg)
     teacher, _ = load_teacher(cfg, world, pick_device(cfg), not args.quiet)
-    k = n_to_drop(cfg, len(decoder_layers(teacher)))
-    results = score_all(
-        teacher, scoring_context(cfg, world, k, not args.quiet), list(cfg.score.scorers), cfg.prune.strategy
-    )
-    files = write_scores(results, Path(cfg.output_dir) / "scores")
-    print(format_table(results))
-    print(f"table: {files['csv']}\nplot: {files['png']}")
+    n = len(decoder_layers(teacher))
+    choices = [(st, k) for st in cfg.prune.strategy for k in drop_counts(cfg, n)]
+    for strategy, k in choices:
+        ctx = scoring_context(cfg, world, k, not args.quiet)
+        results = score_all(teacher, ctx, list(cfg.score.scorers), strategy)
+        where = Path(cfg.output_dir) / "scores" / ("" if len(choices) == 1 else f"{strategy}-drop{k}")
+        files = write_scores(results, where)
+        print(f"{strategy}, removing {k} of {n} layers:\n{format_table(results)}")
+        print(f"table: {files['csv']}\nplot: {files['png']}")
     return 0
 
 
 def cmd_distill(cfg: Config, args) -> int:
-    from orchestrator.builders import build_world, load_teacher, n_to_drop, pick_device, scoring_context
-    from orchestrator.prune.select import choose_layers
-    from orchestrator.prune.surgery import decoder_layers, resolve_keep
-    from orchestrator.recipes.demo import layer_tag
+    """One student: --drop/--keep, or the one plan prune.* describes (prune.scorer=best included)."""
+    from orchestrator.pipeline import stages
+    from orchestrator.prune.surgery import resolve_keep
     from orchestrator.recipes.distill import distill
 
-    if args.drop is None and args.keep is None and cfg.prune.scorer == "best":
-        raise ConfigError("distill needs a layer set: pass --drop/--keep, or set prune.scorer to one scorer")
-    world = build_world(cfg)
-    teacher, meta = load_teacher(cfg, world, pick_device(cfg), not args.quiet)
-    n = len(decoder_layers(teacher))
-    if args.drop is None and args.keep is None:
-        ctx = scoring_context(cfg, world, n_to_drop(cfg, n), not args.quiet)
-        drop, _ = choose_layers(cfg.prune.strategy, cfg.prune.scorer, teacher, ctx, ctx.n_drop)
-    else:
+    out = Path(cfg.output_dir).resolve()
+    keys = len(cfg.prune.ratio) * len(cfg.prune.scorer) * len(cfg.prune.strategy)
+    if args.drop is None and args.keep is None and keys != 1:
+        raise ConfigError(
+            f"distill makes one student, and prune.* describes {keys} (ratio {cfg.prune.ratio}, scorer "
+            f"{cfg.prune.scorer}, strategy {cfg.prune.strategy}); pass --drop/--keep, or one value "
+            "each, e.g. --set prune.ratio=0.5 (`prun-tts demo` makes them all)"
+        )
+    if args.drop is not None or args.keep is not None:  # refuse a bad set before any work
+        from orchestrator.builders import teacher_layers
+
+        n = teacher_layers(cfg)
         kept = resolve_keep(n, args.keep, args.drop)
-        drop = [i for i in range(n) if i not in kept]
-    out = Path(cfg.output_dir) / "students" / layer_tag(drop)
-    distill(cfg, world, teacher, meta.get("train_tokens"), drop, out, not args.quiet)
-    print(f"student: {out / 'student'}")
+        drop = tuple(i for i in range(n) if i not in kept)
+    stages.budget_stage(cfg, stages.teacher_for_checks(cfg))  # refused before the teacher is even trained
+    teacher = stages.teacher_stage(cfg, not args.quiet)
+    if args.drop is None and args.keep is None:
+        plan = next(iter(stages.plans_stage(cfg, teacher, stages.LocalExecutor(), out / "state").values()))
+        drop = tuple(plan["drop"])
+    world, model = stages.world_and_teacher(cfg, teacher)
+    fingerprint = stages.student_fingerprint(cfg, teacher, drop)
+    where = stages.student_dir(out / "students", drop, fingerprint)
+    distill(cfg, world, model, teacher.train_tokens, drop, where, not args.quiet, fingerprint)
+    print(f"student: {where / 'student'} (dropped layers {list(drop)})")
     return 0
 
 
 def cmd_evaluate(cfg: Config, args) -> int:
-    """Scores go to output_dir/evaluations: one JSONL row per item as it is scored (a run
-    started again skips the items already there) and a JSON summary at the end."""
-    import hashlib
+    """Scores go to output_dir/evaluations, named by the model's weights digest and the settings
+    (see orchestrator/recipes/evaluate.py): a JSONL row per item as it is scored (a run of the same
+    model and settings started again skips the items already there) and a JSON summary at the end."""
+    from orchestrator.recipes.evaluate import evaluate
 
-    from orchestrator.builders import build_world, load_model, load_teacher, pick_device
-    from orchestrator.evaluate.synthesis import evaluate_model
-
-    if args.shards < 1:
-        raise ConfigError(f"--shards {args.shards}: give 1 or more")
-    world = build_world(cfg)
-    items = world.test_items if args.split == "test" else world.dev_items
-    if not len(items):
-        raise ConfigError(
-            f"the {world.name} world has no {args.split} items: set world.real.{args.split}_list "
-            "to a Seed-TTS-eval meta.lst"
-        )
-    n_shards = min(args.shards, cfg.evaluate.n_items, len(items))
-    model_path = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else args.model
-    name = Path(args.model).name if args.model else "teacher"
-    # the same model, list and settings resume the same file; anything else gets its own
-    key = json.dumps(
-        [args.model or cfg.world.teacher.path, args.split, cfg.evaluate.model_dump(), cfg.world.model_dump()],
-        sort_keys=True,
-    )
-    out = Path(cfg.output_dir).resolve() / "evaluations"  # Ray tasks may run in another directory
-    stem = out / f"{name}-{args.split}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    if n_shards > 1:
-        from orchestrator.distributed.evaluate import evaluate_sharded
-
-        with _ray(args):
-            result = evaluate_sharded(cfg, model_path, args.split, n_shards, stem, world.codec.token_rate)
-    else:
-        device = pick_device(cfg)
-        model = (
-            load_model(world, args.model, device) if args.model else load_teacher(cfg, world, device, not args.quiet)[0]
-        )
-        result = evaluate_model(
-            model, world, items[: cfg.evaluate.n_items], cfg.evaluate, not args.quiet, results=f"{stem}.jsonl"
-        )
-    s = result.summary()
-    print(json.dumps(s, indent=2))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}-{args.split}.json").write_text(json.dumps({**s, "items": result.items}, indent=2))
+    evaluate(cfg, args.model, args.split, args.shards, not args.quiet, cluster=lambda: _ray(args))
     return 0
 
 
@@ -302,7 +325,7 @@ def cmd_demo(cfg: Config, args) -> int:
 def cmd_sweep(cfg: Config, args) -> int:
     from orchestrator.sweep.runner import run_sweep
 
-    result = run_sweep(cfg, args.address, progress=not args.quiet)
+    result = run_sweep(cfg, args.address, progress=not args.quiet, verbose=args.verbose)
     failed = [r["dropped_layers"] for r in result["rows"] if r["status"] == "error"]
     if failed:
         print(

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCORERS = ("wli", "block_influence", "angular", "loss_delta", "last_n", "random")
+SCORERS = ("wli", "block_influence", "angular", "loss_delta", "last_n", "random")  # prune.importance.SCORERS' names
 DECODE_PATHS = ("auto", "compiled", "static", "eager", "generate")  # generation.decode's paths
+STRATEGIES = ("lowest", "contiguous", "iterative")  # prune.select's strategies
 
 
 class ConfigError(ValueError):
@@ -95,7 +96,7 @@ class WorldConfig(Section):
 
 
 class ScoreConfig(Section):
-    scorers: list[Literal[SCORERS]] = list(SCORERS)  # type: ignore[valid-type]
+    scorers: list[Literal[SCORERS]] = Field(list(SCORERS), min_length=1)  # type: ignore[valid-type]
     n_items: int = Field(64, ge=1, description="held-out (dev) items synthesized per WLI evaluation")
     n_pairs: int = Field(64, ge=1, description="calibration pairs for hidden-state and loss scorers")
     batch_size: int = Field(32, ge=1)
@@ -103,9 +104,25 @@ class ScoreConfig(Section):
 
 
 class PruneConfig(Section):
-    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of decoder layers to remove")
-    scorer: Literal[SCORERS + ("best",)] = "best"  # type: ignore[valid-type]
-    strategy: Literal["lowest", "contiguous", "iterative"] = "lowest"
+    """Which students to make. One value each for one student; lists make a sweep (every
+    ratio x scorer x strategy), run by `prun-tts sweep` on Ray or by `prun-tts demo` in one process."""
+
+    ratio: list[float] = Field([0.5], min_length=1, description="fraction(s) of decoder layers to remove")
+    scorer: list[Literal[SCORERS + ("best",)]] = Field(  # type: ignore[valid-type]
+        ["best"], min_length=1, description="best: the score.scorers choice whose pruned-only dev WER is lowest"
+    )
+    strategy: list[Literal[STRATEGIES]] = Field(["lowest"], min_length=1)  # type: ignore[valid-type]
+
+    @field_validator("ratio", "scorer", "strategy", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return v if isinstance(v, list) else [v]  # `ratio: 0.5` is `ratio: [0.5]`
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneConfig:
+        if any(not 0 < r < 1 for r in self.ratio):
+            raise ValueError(f"prune.ratio: {self.ratio}; every ratio must be between 0 and 1 (exclusive)")
+        return self
 
 
 class LossWeights(Section):
@@ -114,6 +131,12 @@ class LossWeights(Section):
     attention: float = Field(0.0, ge=0)
     embedding: float = Field(0.0, ge=0)
     ce: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LossWeights:
+        if not any(self.model_dump().values()):
+            raise ValueError("every distillation weight is 0: give at least one term a positive weight, e.g. kl: 1.0")
+        return self
 
 
 class DistillConfig(Section):
@@ -189,22 +212,21 @@ class TrainConfig(Section):
     gpus_per_worker: float = Field(1.0, ge=0, description="used when use_gpu")
     driver_cpus: float = Field(0.5, gt=0, description="the trial driver process that starts the Train run")
     report_every: int = Field(20, ge=1, description="optimizer steps between reports (metrics, checkpoint)")
+    max_failures: int = Field(
+        2, ge=0, description="restarts of a trial's Train run from its last checkpoint after a worker dies"
+    )
 
 
 class SweepConfig(Section):
     """Ray Tune: which students to try. `space` picks what a trial varies:
-    `selected` (ratio x scorer x strategy), `layer_sets` (explicit sets to drop, "2-3-4-7"),
-    or `blocks` (a contiguous block: start and size, the size from `ratio`)."""
+    `selected` (prune.ratio x prune.scorer x prune.strategy), `layer_sets` (explicit sets to
+    drop, "2-3-4-7"), or `blocks` (a contiguous block: start and size, the size from prune.ratio).
+    With search=optuna, prune.ratio's smallest and largest bound every depth in between."""
 
     name: str = Field("mini-sweep", pattern=r"^[A-Za-z0-9._-]+$")
     storage_path: str = "runs/sweeps"
     space: Literal["selected", "layer_sets", "blocks"] = "selected"
     search: Literal["grid", "optuna"] = "grid"
-    ratio: list[float] = Field(
-        [0.25, 0.5], min_length=1, description="grid: these values; optuna: any depth between min and max"
-    )
-    scorer: list[Literal[SCORERS]] = ["wli"]  # type: ignore[valid-type]
-    strategy: list[Literal["lowest", "contiguous", "iterative"]] = ["lowest"]
     layer_sets: list[str] = []
     num_samples: int = Field(1, ge=1, description="optuna: trials to run; grid: repeats of the grid")
     objectives: list[Literal["wer", "n_layers", "sim", "rtf"]] = ["wer", "n_layers"]
@@ -215,6 +237,17 @@ class SweepConfig(Section):
     local_cpus: int = Field(8, ge=1, description="logical CPUs of the private Ray started when no address is given")
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        moved = [k for k in ("ratio", "scorer", "strategy") if isinstance(data, dict) and k in data]
+        if moved:
+            raise ValueError(
+                f"sweep.{moved[0]} moved to prune.{moved[0]}: one setting for every command (a list there is "
+                f"swept), e.g. prune: {{{moved[0]}: {data[moved[0]]}}}"
+            )
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:
         if "://" in self.storage_path:
@@ -222,8 +255,6 @@ class SweepConfig(Section):
                 f"sweep.storage_path {self.storage_path!r}: give a directory every node sees (a shared "
                 "NFS/EFS mount on a cluster); object-store URIs are not supported yet"
             )
-        if any(not 0 < r < 1 for r in self.ratio):
-            raise ValueError(f"sweep.ratio: {self.ratio}; every ratio must be between 0 and 1 (exclusive)")
         if self.space == "layer_sets" and not self.layer_sets:
             raise ValueError("sweep.layer_sets is empty; list sets to drop, e.g. ['2-3-4-7', '4-5-6-7']")
         for s in self.layer_sets:
@@ -290,7 +321,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); quote strings and write lists as [a, b]"
+            ) from None
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -152,6 +152,10 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(uri).set_terminated(run_id, status)
 
 
+def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    MlflowClient(uri).set_tag(run_id, key, value)
+
+
 def code_version() -> str:
     """The git commit the sweep ran from ("+dirty" with uncommitted changes), or "unknown"."""
     here = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ import torch
 from tiny_tokenizers import char_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from orchestrator.mini.family import SPECIAL_TOKENS
+from orchestrator.families.llasa import SPECIAL_TOKENS
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"

@@ -3,22 +3,34 @@ teacher (or plain next-token training when there is no teacher).
 
 Plain PyTorch, one process; a distributed trainer wraps the student in DDP and
 calls the same `train_step` per worker.
+
+Gradient accumulation is exact (as in torchtune and nanoGPT): a step's gradient is that of
+the per-token mean loss over all its micro-batches on all ranks, whatever their sizes, and
+DDP all-reduces the gradients once per step, on the last micro-batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import pickle
+import random
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from orchestrator.config import DistillConfig
 from orchestrator.distill import data, losses
+from orchestrator.pipeline.state import StateError
 
 
 @dataclasses.dataclass
@@ -168,14 +180,28 @@ def make_state(
     )
 
 
+def term_names(spec: LossSpec, with_teacher: bool, ground_truth: bool = True) -> list[str]:
+    """The terms `compute_losses` returns (no ground-truth loss on the student's own rollouts)."""
+    names = ["ce"] if "ce" in spec.weights and ground_truth else []
+    if with_teacher:
+        names += [k for k in ("kl", "latent", "attention", "embedding") if k in spec.weights]
+    return names
+
+
 def compute_losses(
-    student_out, teacher_out, batch: dict[str, torch.Tensor], spec: LossSpec, ground_truth: bool = True
+    student_out,
+    teacher_out,
+    batch: dict[str, torch.Tensor],
+    spec: LossSpec,
+    ground_truth: bool = True,
+    reduction: str = "mean",
 ) -> dict[str, torch.Tensor]:
-    """Every weighted term, unweighted (no ground-truth loss on the student's own rollouts)."""
+    """Every weighted term, unweighted (no ground-truth loss on the student's own rollouts).
+    `reduction="sum"`: each term summed over the tokens it is a mean over (`losses.COUNTED_OVER`)."""
     w, labels, mask = spec.weights, batch["labels"], batch["attention_mask"]
     terms: dict[str, torch.Tensor] = {}
     if "ce" in w and ground_truth:
-        terms["ce"] = losses.speech_ce(student_out.logits, labels)
+        terms["ce"] = losses.speech_ce(student_out.logits, labels, reduction)
     if teacher_out is None:
         return terms
     if "kl" in w:
@@ -187,16 +213,46 @@ def compute_losses(
             spec.temperature,
             spec.kl_kind,
             spec.jsd_beta,
+            reduction,
         )
     if "latent" in w:
         terms["latent"] = losses.latent_loss(
-            student_out.hidden_states[1:], teacher_out.hidden_states[1:], spec.targets, mask, spec.latent_kind
+            student_out.hidden_states[1:],
+            teacher_out.hidden_states[1:],
+            spec.targets,
+            mask,
+            spec.latent_kind,
+            reduction,
         )
     if "attention" in w:
-        terms["attention"] = losses.attention_loss(student_out.attentions, teacher_out.attentions, spec.targets, mask)
+        terms["attention"] = losses.attention_loss(
+            student_out.attentions, teacher_out.attentions, spec.targets, mask, reduction=reduction
+        )
     if "embedding" in w:
-        terms["embedding"] = losses.embedding_loss(student_out.hidden_states[0], teacher_out.hidden_states[0], mask)
+        terms["embedding"] = losses.embedding_loss(
+            student_out.hidden_states[0], teacher_out.hidden_states[0], mask, reduction
+        )
     return terms
+
+
+def data_parallel_group(model: nn.Module) -> tuple[object, int]:
+    """The process group over which `model`'s gradients are averaged, and its size.
+
+    A data-parallel wrapper (DDP, FSDP: what has `no_sync`) in an initialised process group
+    averages its gradients over that group; anything else keeps each process's own
+    gradients: (None, 1), and token counts stay local to the process."""
+    if not hasattr(model, "no_sync") or not (dist.is_available() and dist.is_initialized()):
+        return None, 1
+    group = getattr(model, "process_group", None)
+    return group, dist.get_world_size(group)
+
+
+def _sum_over_ranks(values: list[float], group, world: int, device: torch.device) -> list[float]:
+    if world == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, group=group)
+    return t.tolist()
 
 
 def train_step(
@@ -207,8 +263,24 @@ def train_step(
     clip: float = 1.0,
     precision: str = "auto",
 ) -> dict[str, float]:
-    """One optimizer step over `micro_batches` (gradient accumulation); returns the mean terms.
-    `teacher`: the frozen model, or a `TeacherCache` in front of it."""
+    """One optimizer step over `micro_batches` (gradient accumulation); returns the step's mean terms.
+    `teacher`: the frozen model, or a `TeacherCache` in front of it.
+
+    The gradient is that of the per-token mean loss over the union of the micro-batches of every
+    rank, whatever their token counts (torchtune's and nanoGPT's accumulation): each term is summed
+    over its tokens (speech positions for "ce" and "kl", real positions for "latent", "attention",
+    "embedding": `losses.COUNTED_OVER`) and divided by the step's count of those tokens over all
+    micro-batches and, under DDP, all ranks (times the world size, which DDP's gradient average
+    divides out). Under DDP the gradients are all-reduced once, on the last micro-batch (`no_sync`
+    before it). On an on-policy step the student's continuations of every micro-batch are drawn
+    first: they set the token counts.
+
+    Returned: each term's per-token mean over this rank's micro-batches, "loss" (their weighted sum),
+    "grad_norm" (before clipping), "lr" and "on_policy"; `state.tokens` grows by the real
+    (attention-mask) tokens this rank processed. With adaptive weights each term is divided by one
+    running scale per step (updated once per step with the step's per-token mean over all ranks;
+    this step's divisor includes the first micro-batch's mean, so one micro-batch behaves as before).
+    """
     model = state.model
     device = next(model.parameters()).device
     dtype = autocast_dtype(precision, device)
@@ -216,35 +288,9 @@ def train_step(
     model.train()
     totals: dict[str, float] = {}
     on_policy = teacher is not None and is_on_policy_step(state.step, spec.on_policy)
-    for batch in micro_batches:
-        if on_policy:
-            batch = data.student_rollouts(
-                model, batch, spec.pad_id, spec.end_id, spec.rollout_temperature, spec.speech_ids, spec.stop_ids
-            )
-        batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = dict(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=spec.needs_hidden,
-            output_attentions=spec.needs_attention,
-            use_cache=False,
-        )
-        with amp:
-            teacher_out = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_out = teacher.outputs(batch, inputs) if hasattr(teacher, "outputs") else teacher(**inputs)
-            student_out = model(**inputs)
-            terms = compute_losses(student_out, teacher_out, batch, spec, ground_truth=not on_policy)
-            loss = sum(spec.weights[k] * (state.adaptive(k, v) if state.adaptive else v) for k, v in terms.items())
-        loss = loss / len(micro_batches)
-        if not torch.is_tensor(loss):
-            continue  # an on-policy step with only the ground-truth term weighted: nothing to learn
-        (state.scaler.scale(loss) if state.scaler else loss).backward()
-        for k, v in terms.items():
-            totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(micro_batches)
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-        state.tokens += int(batch["attention_mask"].sum())
+    names = term_names(spec, teacher is not None, ground_truth=not on_policy)
+    if names and micro_batches:  # else (say an on-policy step with only "ce" weighted) nothing to learn
+        totals = _accumulate(state, micro_batches, spec, teacher, on_policy, names, device, amp)
     if state.scaler:
         state.scaler.unscale_(state.optimizer)
     totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
@@ -263,8 +309,103 @@ def train_step(
     return totals
 
 
-def save_checkpoint(state: TrainState, path: str | Path) -> None:
-    """Model, optimizer, scheduler, step and token count; written atomically."""
+def _accumulate(
+    state: TrainState,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    spec: LossSpec,
+    teacher,
+    on_policy: bool,
+    names: list[str],
+    device: torch.device,
+    amp,
+) -> dict[str, float]:
+    """The forward and backward passes of `train_step`; returns the step's per-token mean terms and loss."""
+    model = state.model
+    if on_policy:  # every rollout before any count: they change the step's token counts
+        micro_batches = [
+            data.student_rollouts(
+                model, b, spec.pad_id, spec.end_id, spec.rollout_temperature, spec.speech_ids, spec.stop_ids
+            )
+            for b in micro_batches
+        ]
+    counts = [losses.token_counts(b) for b in micro_batches]
+    kinds = ("speech", "mask")
+    local = {c: sum(n[c] for n in counts) for c in kinds}
+    group, world = data_parallel_group(model)
+    # one all-reduce: the step's counts, and the first micro-batch's (for the adaptive divisors)
+    summed = _sum_over_ranks([local[c] for c in kinds] + [counts[0][c] for c in kinds], group, world, device)
+    step_count = dict(zip(kinds, summed[:2]))
+    first_count = dict(zip(kinds, summed[2:]))
+    # a summed term times this, on every rank, then averaged by DDP: the global per-token mean
+    factor = {k: world / max(step_count[losses.COUNTED_OVER[k]], 1.0) for k in names}
+    divisor = dict.fromkeys(names, 1.0)
+    sums = dict.fromkeys(names, 0.0)  # each term summed over this rank's tokens
+    last = len(micro_batches) - 1
+    for i, batch in enumerate(micro_batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        inputs = dict(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=spec.needs_hidden,
+            output_attentions=spec.needs_attention,
+            use_cache=False,
+        )
+        # gradients stay on this rank until the last micro-batch (forward and backward inside no_sync)
+        sync = model.no_sync() if i < last and hasattr(model, "no_sync") else nullcontext()
+        with sync:
+            with amp:
+                teacher_out = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_out = (
+                            teacher.outputs(batch, inputs) if hasattr(teacher, "outputs") else teacher(**inputs)
+                        )
+                student_out = model(**inputs)
+                terms = compute_losses(student_out, teacher_out, batch, spec, not on_policy, reduction="sum")
+            if i == 0 and state.adaptive:
+                divisor = _adaptive_divisors(state.adaptive, terms, first_count, group, world, device)
+            loss = sum(spec.weights[k] * v * (factor[k] / divisor[k]) for k, v in terms.items())
+            (state.scaler.scale(loss) if state.scaler else loss).backward()
+        for k, v in terms.items():
+            sums[k] += float(v.detach())
+        state.tokens += counts[i]["mask"]
+    totals = {k: sums[k] / max(local[losses.COUNTED_OVER[k]], 1) for k in names}
+    totals["loss"] = sum(spec.weights[k] * totals[k] / divisor[k] for k in names)
+    if state.adaptive:  # the running scales follow the step's per-token means over every rank
+        summed = _sum_over_ranks([sums[k] for k in names], group, world, device)
+        for k, v in zip(names, summed):
+            state.adaptive.update(k, v / max(step_count[losses.COUNTED_OVER[k]], 1.0))
+    return totals
+
+
+def _adaptive_divisors(
+    adaptive: losses.AdaptiveWeights,
+    terms: dict[str, torch.Tensor],
+    first_count: dict[str, float],
+    group,
+    world: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One divisor per term for the whole step (the same on every rank): the running scale with
+    the first micro-batch's per-token mean over all ranks entered (not stored)."""
+    names = list(terms)
+    summed = _sum_over_ranks([float(terms[k].detach()) for k in names], group, world, device)
+    out = {}
+    for k, v in zip(names, summed):
+        n = first_count[losses.COUNTED_OVER[k]]
+        # no such token in any first micro-batch: the running scale as it stands (1 before any)
+        out[k] = adaptive.divisor(k, v / n) if n > 0 else adaptive.scale.get(k, 1.0) + adaptive.eps
+    return out
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "step", "tokens")
+
+
+def save_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | None = None) -> None:
+    """Model, optimizer, scheduler, step, token count and this process's random number generators
+    (torch CPU and CUDA, numpy's global, python's `random`), with an optional `fingerprint` of the
+    settings it was trained with (checked by `load_checkpoint`); written atomically
+    (a temp file beside it, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(state.model, "module", state.model)  # unwrap DDP
@@ -277,21 +418,105 @@ def save_checkpoint(state: TrainState, path: str | Path) -> None:
         "ema": state.ema.state_dict() if state.ema else None,
         "step": state.step,
         "tokens": state.tokens,
+        "rng": _rng_states(),
+        "fingerprint": fingerprint,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(blob, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def load_checkpoint(state: TrainState, path: str | Path) -> None:
-    blob = torch.load(path, map_location=next(state.model.parameters()).device, weights_only=False)
+def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | None = None) -> None:
+    """Restore `state` from `save_checkpoint`'s file, and the random number generators with it, so
+    that the resumed run draws the same numbers (on-policy rollouts, dropout) as an uninterrupted one.
+
+    Call it AFTER any seeding done at start (`torch.manual_seed` and the like): it overrides the
+    seed. Generators are restored only in the process of the rank that saved them (rank 0 in a
+    data-parallel run; the other ranks keep their own seeding), and not at all from a checkpoint
+    written before they were saved. `fingerprint`: the settings of this run; a checkpoint saved with
+    other ones (or without any) is refused. Raises `StateError` for a file that is cut short, is
+    not a distillation checkpoint, or does not match the fingerprint.
+    """
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location=next(state.model.parameters()).device, weights_only=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+    ) as e:
+        raise StateError(
+            f"the distillation checkpoint {path} is damaged ({e.__class__.__name__}: {str(e)[:200]}); it was "
+            "cut short or is not a checkpoint. Delete it and run again to start the student from scratch"
+        ) from None
+    if not isinstance(blob, dict) or any(k not in blob for k in _CHECKPOINT_KEYS):
+        raise StateError(
+            f"{path} is not a distillation checkpoint (no {', '.join(_CHECKPOINT_KEYS)}); "
+            "delete it or point at the right file"
+        )
+    if fingerprint is not None and _plain(blob.get("fingerprint")) != _plain(fingerprint):
+        saved = blob.get("fingerprint")
+        if isinstance(saved, dict):
+            plain_saved, plain_now = _plain(saved), _plain(fingerprint)
+            keys = sorted(k for k in {*plain_saved, *plain_now} if plain_saved.get(k) != plain_now.get(k))
+            what = f"other settings (differing: {', '.join(keys)})"
+        else:
+            what = "no fingerprint of its settings"
+        raise StateError(
+            f"the distillation checkpoint {path} was saved with {what}; delete it to start afresh, "
+            "or resume with the settings it was saved with"
+        )
     getattr(state.model, "module", state.model).load_state_dict(blob["model"])
     state.optimizer.load_state_dict(blob["optimizer"])
     state.scheduler.load_state_dict(blob["scheduler"])
-    if state.scaler and blob["scaler"]:
+    if state.scaler and blob.get("scaler"):
         state.scaler.load_state_dict(blob["scaler"])
-    if state.adaptive and blob["adaptive"]:
+    if state.adaptive and blob.get("adaptive"):
         state.adaptive.load_state_dict(blob["adaptive"])
     if state.ema and blob.get("ema"):
         state.ema.load_state_dict(blob["ema"])
     state.step, state.tokens = blob["step"], blob["tokens"]
+    rng = blob.get("rng")
+    if rng is not None and rng.get("rank", 0) == _rank():
+        _set_rng_states(rng)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _rng_states() -> dict:
+    return {
+        "rank": _rank(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"].cpu())  # map_location may have moved it to the model's device
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        for i, s in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu(), i)
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+
+
+def _plain(data):
+    """`data` as plain JSON values (tuples as lists), to compare fingerprints."""
+    return json.loads(json.dumps(data, sort_keys=True, default=str))

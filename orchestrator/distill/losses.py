@@ -4,6 +4,10 @@ and the ground-truth next-token loss on the speech span.
 All take plain tensors, so each term can be checked against a hand-computed value.
 Positions: logits at t predict the token at t+1, so a position counts when the
 *next* label is a speech label (labels != -100).
+
+Every term is a mean over tokens (`reduction="mean"`, the default) or, with
+`reduction="sum"`, the same quantity summed over those tokens instead, so that gradient
+accumulation can divide by the token count of a whole step (`token_counts`, `COUNTED_OVER`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,24 @@ def speech_positions(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != -100
 
 
+# the tokens each term is a mean over: "speech" (positions whose next label is a speech label,
+# `speech_positions`) or "mask" (real input positions, the attention mask)
+COUNTED_OVER = {"ce": "speech", "kl": "speech", "latent": "mask", "attention": "mask", "embedding": "mask"}
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """How many tokens of `batch` each kind of term averages over (see `COUNTED_OVER`)."""
+    return {
+        "speech": int(speech_positions(batch["labels"]).sum()),
+        "mask": int(batch["attention_mask"].sum()),
+    }
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction {reduction!r}: use 'mean' or 'sum'")
+
+
 def speech_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -40,16 +62,20 @@ def speech_kl(
     temperature: float = 1.0,
     kind: str = "forward",
     beta: float = 0.5,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Divergence between teacher (T) and student (S) over the speech-token distribution, times
     T^2 (Hinton). `forward`: KL(T||S), mass-covering; `reverse`: KL(S||T), mode-seeking (a
     small student stops spreading mass over what it cannot model); `jsd`: GKD's generalised
-    Jensen-Shannon, beta KL(T||M) + (1-beta) KL(S||M) with M = beta T + (1-beta) S."""
+    Jensen-Shannon, beta KL(T||M) + (1-beta) KL(S||M) with M = beta T + (1-beta) S.
+    `reduction`: the mean over speech positions, or their sum."""
+    _check_reduction(reduction)
     mask = speech_positions(labels)
     ids = speech_ids.to(student_logits.device)
     s = F.log_softmax(student_logits[:, :-1][mask][:, ids].float() / temperature, -1)
     t = F.log_softmax(teacher_logits[:, :-1][mask][:, ids].float() / temperature, -1)
-    kl = partial(F.kl_div, log_target=True, reduction="batchmean")  # kl(log q, log p) = KL(p||q)
+    # kl(log q, log p) = KL(p||q), per position (rows), averaged or summed over positions
+    kl = partial(F.kl_div, log_target=True, reduction="batchmean" if reduction == "mean" else "sum")
     if kind == "forward":
         d = kl(s, t)
     elif kind == "reverse":
@@ -64,9 +90,13 @@ def speech_kl(
     return d * temperature**2
 
 
-def speech_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy on the speech span only (labels are -100 elsewhere)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+def speech_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy on the speech span only (labels are -100 elsewhere);
+    `reduction`: the mean over speech positions, or their sum."""
+    _check_reduction(reduction)
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
+    )
 
 
 def latent_loss(
@@ -75,20 +105,25 @@ def latent_loss(
     targets: Sequence[int],
     attention_mask: torch.Tensor,
     kind: str = "mse",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Mean over student layers of the distance between student layer i's output and
     the teacher's output at layer targets[i].
 
     `*_hidden` are layer outputs indexed by layer (not including the embeddings).
+    The distance is per real position (mse: averaged over the hidden size), then averaged
+    over positions (`reduction="mean"`) or summed over them (`"sum"`; still averaged over layers).
     """
+    _check_reduction(reduction)
     mask = attention_mask.bool()
     losses = []
     for i, j in enumerate(targets):
         s, t = student_hidden[i][mask].float(), teacher_hidden[j][mask].float()
         if kind == "mse":
-            losses.append(F.mse_loss(s, t))
+            losses.append(F.mse_loss(s, t) if reduction == "mean" else (s - t).square().mean(-1).sum())
         elif kind == "cosine":
-            losses.append((1 - F.cosine_similarity(s, t, dim=-1)).mean())
+            d = 1 - F.cosine_similarity(s, t, dim=-1)
+            losses.append(d.mean() if reduction == "mean" else d.sum())
         else:
             raise ValueError(f"latent loss kind {kind!r}: use 'mse' or 'cosine'")
     return torch.stack(losses).mean()
@@ -100,23 +135,31 @@ def attention_loss(
     targets: Sequence[int],
     attention_mask: torch.Tensor,
     eps: float = 1e-8,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """KL(teacher || student) between attention distributions (B, H, T, T) of mapped
-    layers, averaged over heads and real query positions."""
+    layers, averaged over heads and layers, and averaged (or, `reduction="sum"`, summed)
+    over real query positions."""
+    _check_reduction(reduction)
     mask = attention_mask.bool()
     losses = []
     for i, j in enumerate(targets):
         s, t = student_attn[i].float(), teacher_attn[j].float()
         kl = (t * (torch.log(t + eps) - torch.log(s + eps))).sum(-1)  # (B, H, T)
-        losses.append(kl.mean(1)[mask].mean())
+        per_query = kl.mean(1)[mask]
+        losses.append(per_query.mean() if reduction == "mean" else per_query.sum())
     return torch.stack(losses).mean()
 
 
 def embedding_loss(
-    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, attention_mask: torch.Tensor
+    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, attention_mask: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
+    """Squared distance of the input embeddings, averaged over the hidden size and averaged
+    (or, `reduction="sum"`, summed) over real positions."""
+    _check_reduction(reduction)
     mask = attention_mask.bool()
-    return F.mse_loss(student_embeds[mask].float(), teacher_embeds[mask].float())
+    s, t = student_embeds[mask].float(), teacher_embeds[mask].float()
+    return F.mse_loss(s, t) if reduction == "mean" else (s - t).square().mean(-1).sum()
 
 
 class AdaptiveWeights:
@@ -129,9 +172,19 @@ class AdaptiveWeights:
 
     def __call__(self, name: str, value: torch.Tensor) -> torch.Tensor:
         v = float(value.detach())
+        divisor = self.divisor(name, v)
+        self.update(name, v)
+        return value / divisor
+
+    def divisor(self, name: str, value: float) -> float:
+        """What `name` would be divided by once `value` entered its running mean (nothing is stored)."""
         old = self.scale.get(name)
-        self.scale[name] = v if old is None else self.momentum * old + (1 - self.momentum) * v
-        return value / (self.scale[name] + self.eps)
+        return (value if old is None else self.momentum * old + (1 - self.momentum) * value) + self.eps
+
+    def update(self, name: str, value: float) -> None:
+        """Enter `value` into the running mean of `name`."""
+        old = self.scale.get(name)
+        self.scale[name] = value if old is None else self.momentum * old + (1 - self.momentum) * value
 
     def state_dict(self) -> dict:
         return dict(self.scale)

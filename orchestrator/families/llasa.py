@@ -21,12 +21,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestrator.generation.sampling import Sampler
 from orchestrator.hub import MissingPiece, load_pretrained
-from orchestrator.mini.family import SPECIAL_TOKENS
 from orchestrator.world import Sample, speech_codes
 
 TEXT_VOCAB = 128_256  # Llama 3's text tokens; LLaSA's special tokens follow
 N_CODES = 65_536  # X-Codec2: one FSQ codebook
 INSTRUCTION = "Convert the text to speech:"
+# LLaSA's eight special tokens, in id order from TEXT_VOCAB (128256-128263). The mini world
+# copies this layout and imports it from here: the families never import the mini world.
+SPECIAL_TOKENS = (
+    "TEXT_GENERATION_START",
+    "TEXT_GENERATION_END",
+    "TEXT_UNDERSTANDING_START",
+    "TEXT_UNDERSTANDING_END",
+    "SPEECH_GENERATION_START",
+    "SPEECH_GENERATION_END",
+    "SPEECH_UNDERSTANDING_START",
+    "SPEECH_UNDERSTANDING_END",
+)
 
 
 class LlasaFamily:

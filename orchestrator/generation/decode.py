@@ -27,13 +27,14 @@ from transformers import StaticCache
 from transformers.cache_utils import Cache, StaticLayer
 
 from orchestrator.batching import left_pad
+from orchestrator.config import DECODE_PATHS
 from orchestrator.generation.sampling import Sampler, plain_sample, ras_sample
 
 if TYPE_CHECKING:
     from orchestrator.config import EvalConfig
     from orchestrator.world import Family
 
-Path = Literal["auto", "compiled", "static", "eager", "generate"]  # config.DECODE_PATHS
+Path = Literal[DECODE_PATHS]  # type: ignore[valid-type]
 
 
 @dataclasses.dataclass(frozen=True)

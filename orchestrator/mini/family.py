@@ -16,19 +16,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
+from orchestrator.families.llasa import SPECIAL_TOKENS  # LLaSA's order; the mini world copies its layout
 from orchestrator.generation.sampling import Sampler
 from orchestrator.world import Sample, speech_codes
-
-SPECIAL_TOKENS = (
-    "TEXT_GENERATION_START",
-    "TEXT_GENERATION_END",
-    "TEXT_UNDERSTANDING_START",
-    "TEXT_UNDERSTANDING_END",
-    "SPEECH_GENERATION_START",
-    "SPEECH_GENERATION_END",
-    "SPEECH_UNDERSTANDING_START",
-    "SPEECH_UNDERSTANDING_END",
-)
 
 
 class MiniFamily:

@@ -26,7 +26,18 @@ META = "prun_tts_teacher.json"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PRUN_TTS_CACHE", ".cache/prun-tts"))
+    """$PRUN_TTS_CACHE, else the user's cache folder: the same place from any working directory."""
+    if os.environ.get("PRUN_TTS_CACHE"):
+        return Path(os.environ["PRUN_TTS_CACHE"]).expanduser().resolve()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prun-tts"
+
+
+def configured_path(cfg: Config) -> Path:
+    """world.teacher.path; a relative path that is not there is looked up beside the package
+    (the shipped teacher, orchestrator/assets/mini-teacher, whatever the working directory)."""
+    p = Path(cfg.world.teacher.path).expanduser()
+    shipped = Path(__file__).resolve().parents[2] / p
+    return p.resolve() if p.is_absolute() or p.exists() or not shipped.exists() else shipped
 
 
 def teacher_digest(cfg: Config) -> str:
@@ -64,11 +75,19 @@ def read_meta(path: str | Path) -> dict | None:
 def find_teacher(cfg: Config) -> Path | None:
     """The configured teacher directory, or the cached one, if it was trained from this config."""
     digest = teacher_digest(cfg)
-    for candidate in (Path(cfg.world.teacher.path), cache_dir() / f"mini-teacher-{digest}"):
+    for candidate in (configured_path(cfg), cache_dir() / f"mini-teacher-{digest}"):
         meta = read_meta(candidate)
         if meta and meta.get("digest") == digest:
             return candidate
     return None
+
+
+def expected_train_tokens(cfg: Config, world: World) -> int:
+    """The tokens `train_teacher` will count, known without training (its batches are seeded)."""
+    t = cfg.world.teacher
+    order = torch.randperm(len(world.train_pairs), generator=torch.Generator().manual_seed(t.seed)).tolist()
+    n = min(t.steps, len(order) // t.batch_size) * t.batch_size
+    return sum(len(world.family.training_ids(*world.train_pairs[i])[0]) for i in order[:n])
 
 
 def train_teacher(

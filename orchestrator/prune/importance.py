@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from orchestrator import config
 from orchestrator.config import ConfigError, EvalConfig
 from orchestrator.distill.data import collate
 from orchestrator.distill.losses import speech_ce
@@ -220,6 +221,8 @@ SCORERS: dict[str, Scorer] = {
     "last_n": last_n_scores,
     "random": random_scores,
 }
+# the config's allowed names are this registry's (config cannot import torch code, so it holds the names)
+assert tuple(SCORERS) == config.SCORERS, "config.SCORERS and the scorer registry must list the same names"
 
 
 def score_layers(name: str, model: nn.Module, ctx: ScoringContext) -> LayerScores:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from orchestrator.config import STRATEGIES  # the names the config accepts
 from orchestrator.prune.importance import LayerScores, ScoringContext, score_layers
 from orchestrator.prune.surgery import decoder_layers, layers_removed
-
-STRATEGIES = ("lowest", "contiguous", "iterative")
 
 
 def lowest(scores: LayerScores, k: int) -> list[int]:

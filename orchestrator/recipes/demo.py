@@ -1,111 +1,138 @@
-"""Recipe: the whole method on one process, end to end.
+"""Recipe: the whole method in one process, end to end: the pipeline's stages run here,
+no Ray, no MLflow (`prun-tts sweep` runs the same stages on Ray).
 
-teacher (trained or cached) -> score layers with each scorer -> pick the scorer
-whose pruned-only student is best on the dev set -> prune to the target depth ->
-distil on the data budget -> evaluate teacher, pruned-only and distilled on the
-test set -> table.
+teacher -> baseline on the test list -> each scorer's layer choice (prune.scorer=best: the
+one whose pruned-only student is best on the dev list) -> data budget -> for every student
+of prune.ratio x scorer x strategy: prune, distil, evaluate -> trade-off table and plot.
+
+Every stage keeps its result under output_dir/state: the same command again reuses what
+is done (a distillation cut short resumes from its checkpoint).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from orchestrator.builders import build_world, load_teacher, n_to_drop, pick_device, scoring_context
 from orchestrator.config import Config
-from orchestrator.evaluate.synthesis import Evaluation, evaluate_model
-from orchestrator.prune.surgery import decoder_layers, drop_layers, layers_removed
-from orchestrator.recipes.distill import distill
-from orchestrator.recipes.score import format_table, score_all, write_scores
-
-
-def layer_tag(drop: list[int]) -> str:
-    return "drop-" + "-".join(map(str, drop))
+from orchestrator.pipeline import stages
+from orchestrator.pipeline.state import cached_stage
 
 
 def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
-    out = Path(cfg.output_dir)
-    world = build_world(cfg)
-    device = pick_device(cfg)
-    log(f"[1/5] teacher ({world.name} world, device {device})")
-    teacher, meta = load_teacher(cfg, world, device, progress)
-    n = len(decoder_layers(teacher))
-    k = n_to_drop(cfg, n)
-    test = world.test_items[: cfg.evaluate.n_items]
-    teacher_eval = evaluate_model(teacher, world, test, cfg.evaluate, progress)
-    log(f"      {n} layers, test WER {100 * teacher_eval.wer:.2f}% on {len(test)} items")
+    from orchestrator.recipes.score import format_table, write_scores
 
-    scorers = cfg.score.scorers if cfg.prune.scorer == "best" else [cfg.prune.scorer]
-    log(f"[2/5] scoring {n} layers with {', '.join(scorers)} (strategy {cfg.prune.strategy}, remove {k})")
-    ctx = scoring_context(cfg, world, k, progress)
-    results = score_all(teacher, ctx, scorers, cfg.prune.strategy)
-    files = write_scores(results, out / "scores")
-    log(format_table(results))
-    log(f"      table {files['csv']}, plot {files['png']}")
+    out = Path(cfg.output_dir).resolve()
+    state, here = out / "state", stages.LocalExecutor()
 
-    log("[3/5] pruned-only quality of each scorer's choice (dev set)")
-    dev = world.dev_items[: cfg.score.n_items]
-    dev_wer: dict[str, float] = {}
-    by_layers: dict[tuple[int, ...], float] = {}  # scorers that agree share one evaluation
-    for name, (_, drop) in results.items():
-        if tuple(drop) not in by_layers:
-            with layers_removed(teacher, drop):
-                by_layers[tuple(drop)] = evaluate_model(teacher, world, dev, cfg.evaluate).wer
-        dev_wer[name] = by_layers[tuple(drop)]
-        log(f"      {name:>16}: drop {drop} -> dev WER {100 * dev_wer[name]:.2f}%")
-    best = min(dev_wer, key=lambda s: (dev_wer[s], scorers.index(s)))
-    drop = results[best][1]
-    pruned_eval = evaluate_model(drop_layers(teacher, drop=drop), world, test, cfg.evaluate, progress)
+    log(f"[1/6] teacher ({cfg.world.name} world)")
+    teacher = stages.teacher_stage(cfg, progress)
+    log(f"      {teacher.path} ({teacher.n_layers} layers)")
 
-    log(f"[4/5] distilling the {best} student (drop {drop}) on {cfg.distill.data_fraction:.0%} of the teacher's data")
-    student, history, budget = distill(
-        cfg, world, teacher, meta.get("train_tokens"), drop, out / "students" / layer_tag(drop), progress
-    )
-    teacher_tokens = meta["train_tokens"]
+    log(f"[2/6] baseline: the teacher on {cfg.evaluate.n_items} test items")
+    baseline = stages.baseline_stage(cfg, teacher, here, state, log)
+    log(f"      WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
+
+    log("[3/6] layer plans: each scorer's choice")
+    plans = stages.plans_stage(cfg, teacher, here, state, log)
+    by_scorer = stages.scores_by_scorer(plans)
+    files = write_scores(by_scorer, out / "scores")
+    log(format_table(by_scorer))
+    for name, plan in plans.items():
+        dev = plan.get("dev_wer")
+        log(
+            f"      {name:>20}: drop {plan['drop']}"
+            + (
+                f" ({plan['scorer']}; pruned-only dev WER " + ", ".join(f"{s} {w:.2f}%" for s, w in dev.items()) + ")"
+                if dev
+                else ""
+            )
+        )
+    log(f"      profile: {files['png']}")
+
+    log("[4/6] data budget and teacher cache")
+    budget = stages.budget_stage(cfg, teacher)
     log(
-        f"      data: {budget.pairs} pairs, {budget.unique_tokens} tokens = "
-        f"{budget.unique_tokens / teacher_tokens:.2%} "
-        f"of the teacher's {teacher_tokens}; compute: {budget.epochs} epochs, {budget.tokens} tokens processed = "
-        f"{budget.tokens / teacher_tokens:.2%} of the teacher's"
+        f"      {budget.pairs} pairs, {budget.unique_tokens} tokens = "
+        f"{budget.unique_tokens / teacher.train_tokens:.2%} of the teacher's {teacher.train_tokens}; "
+        f"{budget.epochs} epochs"
     )
+    cache = stages.teacher_cache_stage(cfg, teacher, budget, here, out / "teacher-cache", log)
 
-    log("[5/5] evaluating the distilled student (test set)")
-    student_eval = evaluate_model(student, world, test, cfg.evaluate, progress)
-    rows = {"teacher": teacher_eval, f"pruned only ({best})": pruned_eval, f"pruned + distilled ({best})": student_eval}
-    table = results_table(rows, teacher_eval)
+    unique: dict[tuple, tuple[str, dict]] = {}  # plans that agree on the layers train one student
+    for name, p in plans.items():
+        unique.setdefault(tuple(p["drop"]), (name, p))
+    log(f"[5/6] students: {len(unique)} to distil and evaluate")
+    rows, pruned = [], {}
+    for i, (drop, (name, p)) in enumerate(unique.items()):
+        plan = stages.Plan(name, drop, p["scorer"], name.split("/")[1])
+        log(f"      student {i + 1}/{len(unique)}: drop {list(drop)} ({teacher.n_layers - len(drop)} layers)")
+        metrics, pruned[drop] = student_stage(cfg, teacher, plan, baseline, cache, out, progress, log)
+        rows.append(stages.trial_row(f"{i + 1}", plan, teacher.n_layers, "ok", metrics))
+        log(
+            f"      -> WER {metrics['wer']:.2f}% ({metrics['wer_delta']:+.2f}; pruned only "
+            f"{pruned[drop]['wer']:.2f}%), speed-up {metrics['speedup']:.2f}x"
+        )
+
+    log("[6/6] trade-off")
+    rows = stages.sort_rows(rows)
+    files = stages.tradeoff_stage(rows, baseline, out / "results")
+    table = stages.format_trials(rows, baseline)
     log(table)
     summary = {
-        "teacher": teacher_eval.summary(),
-        "pruned": pruned_eval.summary(),
-        "distilled": student_eval.summary(),
-        "scorer": best,
-        "dropped_layers": drop,
-        "dev_wer_pruned_only": dev_wer,
+        "teacher": baseline,
+        "students": rows,
+        "pruned_only": {"-".join(map(str, d)): m for d, m in pruned.items()},
+        "plans": {n: {k: v for k, v in p.items() if k in ("drop", "scorer", "dev_wer")} for n, p in plans.items()},
         "budget": {
             "pairs": budget.pairs,
             "unique_tokens": budget.unique_tokens,
             "epochs": budget.epochs,
             "tokens_processed": budget.tokens,
-            "teacher_tokens": teacher_tokens,
-            "data_fraction": budget.unique_tokens / teacher_tokens,
-            "compute_fraction": budget.tokens / teacher_tokens,
+            "teacher_tokens": teacher.train_tokens,
+            "data_fraction": budget.unique_tokens / teacher.train_tokens,
+            "compute_fraction": budget.tokens / teacher.train_tokens,
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    (out / "demo.md").write_text(table + "\n")
-    log(f"results: {out / 'demo.json'}")
+    stages.write_json(out / "demo.json", summary)
+    log(f"results: {out / 'demo.json'}, {files['csv']}, {files['png']}")
     return summary
 
 
-def results_table(rows: dict[str, Evaluation], base: Evaluation) -> str:
-    lines = [
-        f"| {'model':<32} | depth | params | WER % | SIM   | RTF    | speed-up |",
-        f"|{'-' * 34}|-------|--------|-------|-------|--------|----------|",
-    ]
-    for name, e in rows.items():
-        lines.append(
-            f"| {name:<32} | {e.n_layers:>5} | {e.params / 1e6:5.2f}M | {100 * e.wer:5.2f} | {e.sim:.3f} "
-            f"| {e.rtf:.4f} | {base.rtf / e.rtf:7.2f}x |"
+def student_stage(
+    cfg: Config,
+    teacher: stages.TeacherInfo,
+    plan: stages.Plan,
+    baseline: dict,
+    cache: str | None,
+    out: Path,
+    progress: bool,
+    log,
+) -> tuple[dict, dict]:
+    """One student in this process: distilled (or read back), then evaluated against the baseline;
+    and the pruned-only student's metrics beside it. Both results are stage state."""
+    from orchestrator.distill.teacher_cache import TeacherCache
+    from orchestrator.evaluate.synthesis import evaluate_model
+    from orchestrator.prune.surgery import drop_layers
+    from orchestrator.recipes.distill import distill
+
+    world, model = stages.world_and_teacher(cfg, teacher)
+    fingerprint = stages.student_fingerprint(cfg, teacher, plan.drop)
+    where = stages.student_dir(out / "students", plan.drop, fingerprint)
+    evaluation = {**fingerprint, "evaluate": cfg.evaluate.model_dump()}
+
+    def pruned_only() -> dict:
+        ev = evaluate_model(
+            drop_layers(model, drop=plan.drop), world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate
         )
-    return "\n".join(lines)
+        return stages.quality_metrics(ev, float("nan"), baseline)
+
+    def distilled() -> dict:
+        source = TeacherCache(cache, model) if cache else None
+        student, _ = distill(cfg, world, model, teacher.train_tokens, plan.drop, where, progress, fingerprint, source)
+        metrics, items = stages.evaluate_student(cfg, world, model, student, baseline)
+        stages.write_json(where / "evaluation.json", {**metrics, "items": items})
+        return metrics
+
+    state = out / "state"
+    pruned = cached_stage(state, "pruned", {k: v for k, v in evaluation.items() if k != "distill"}, pruned_only, log)
+    return cached_stage(state, "student", evaluation, distilled, log), pruned

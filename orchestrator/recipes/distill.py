@@ -150,7 +150,6 @@ def training_steps(
     """Take the steps left (a resumed state starts where it stopped), yielding each step's metrics.
     `teacher`: the frozen model or a `TeacherCache` in front of it."""
     d = cfg.distill
-    torch.manual_seed(d.seed + rank)
     stream = batches(
         world.family,
         run.pairs,
@@ -164,8 +163,14 @@ def training_steps(
         next(stream)
     while run.state.step < run.steps:
         micro = [next(stream) for _ in range(d.grad_accum)]
+        # a seed per (run, rank, step): a resumed run draws what an uninterrupted one would
+        torch.manual_seed(step_seed(d.seed, rank, run.state.step))
         metrics = train_step(run.state, micro, run.spec, teacher, d.clip, d.precision)
         yield {"step": run.state.step, "tokens": run.state.tokens, **metrics}
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + step) % 2**63
 
 
 def distill(
@@ -176,33 +181,50 @@ def distill(
     drop: Sequence[int],
     out_dir: str | Path,
     progress: bool = True,
-) -> tuple[nn.Module, list[dict], DataBudget]:
+    fingerprint: dict | None = None,
+    source=None,
+) -> tuple[nn.Module, DataBudget]:
     """Student with `drop` removed, distilled from `teacher` in this process; saved under out_dir/student.
 
-    Resumes from out_dir/checkpoint.pt when a previous run of the same student stopped early.
+    `fingerprint`: what the student is computed from. A finished student of the same fingerprint
+    is loaded back, never trained again or overwritten; a stopped run resumes from
+    out_dir/checkpoint.pt (the same steps, data and random draws as an uninterrupted run), and
+    out_dir/history.csv holds every step once. `source`: a `TeacherCache` in front of `teacher`.
     """
+    from orchestrator.builders import load_model
+    from orchestrator.pipeline.state import atomic_write_json, read_json
+
+    fingerprint = fingerprint or {}
     run = prepare_distill(cfg, world, teacher, teacher_tokens, drop)
     out = Path(out_dir)
+    done = out / "done.json"
+    if done.is_file():
+        if read_json(done, "the finished student's record").get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            raise ConfigError(f"{out} holds a student made with other settings; remove it or choose another output_dir")
+        device = next(teacher.parameters()).device
+        return load_model(world, out / "student", device), run.budget
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
-    if ckpt.is_file():
-        load_checkpoint(run.state, ckpt)
     history: list[dict] = []
+    if ckpt.is_file():
+        load_checkpoint(run.state, ckpt, fingerprint=fingerprint)
+        history = [r for r in read_history(out / "history.csv") if r["step"] <= run.state.step]
     bar = tqdm(total=run.steps, initial=run.state.step, desc="distill", disable=not progress)
-    for metrics in training_steps(run, cfg, world, teacher):
+    for metrics in training_steps(run, cfg, world, source or teacher):
         history.append(metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if run.state.step % 50 == 0 or run.state.step == run.steps:
-            save_checkpoint(run.state, ckpt)
+            save_checkpoint(run.state, ckpt, fingerprint=fingerprint)
+            write_history(out / "history.csv", history)  # what the checkpoint holds, step for step
     bar.close()
 
     student = finished_student(run)
     save_student(world, student, out / "student")
-    write_history(out / "history.csv", history)
-    (out / "budget.json").write_text(json.dumps(budget_record(run.budget, teacher_tokens), indent=2))
+    atomic_write_json(out / "budget.json", budget_record(run.budget, teacher_tokens))
+    atomic_write_json(done, {"fingerprint": fingerprint, "steps": run.state.step})  # last: the student is whole
     ckpt.unlink(missing_ok=True)
-    return student, history, run.budget
+    return student, run.budget
 
 
 def finished_student(run: DistillRun) -> nn.Module:
@@ -218,10 +240,26 @@ def budget_record(budget: DataBudget, teacher_tokens: int | None) -> dict:
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
+    """The training curve, one row per optimizer step (written atomically)."""
+    import io
+
+    from orchestrator.pipeline.state import atomic_write_text
+
     if not rows:
         return
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("step", "tokens"), k))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [
+            {k: int(v) if k in ("step", "tokens") else float(v) for k, v in r.items() if v != ""}
+            for r in csv.DictReader(f)
+        ]

@@ -1,32 +1,33 @@
-"""A sweep, end to end: check the inputs, connect to Ray, evaluate the teacher once (the
-baseline run), choose each scorer's layers once (WLI: one Ray task per layer), compute
-the teacher's outputs once (the cache), run the Tune experiment (each trial a Ray Train
-run), then write the trade-off (trials CSV, Pareto plot) to the sweep's MLflow run.
+"""A sweep: the pipeline's stages on Ray. Stage tasks (the baseline, each scorer's layer
+choice, WLI's per-layer syntheses, the teacher cache) run as Ray tasks; the students run as
+a Tune experiment whose trials are Ray Train runs. MLflow holds one parent run per sweep,
+one baseline run and one child run per trial.
 
-Everything lives under `sweep.storage_path/sweep.name`; running the same sweep again
-resumes it: finished trials are kept, unfinished ones continue from their checkpoints.
+Everything lives under `sweep.storage_path/sweep.name`; running the same command again
+resumes: stages whose fingerprint matches are read back, finished trials are kept, and
+unfinished ones continue from their checkpoints.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import socket
+import time
 from pathlib import Path
 
 import ray
 from ray import tune
 
 from orchestrator import tracking
-from orchestrator.builders import build_world, load_model, scoring_context, teacher_layers, teacher_source
 from orchestrator.config import Config, ConfigError
-from orchestrator.distill.loop import loss_spec
-from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
-from orchestrator.recipes.distill import plan_budget
-from orchestrator.sweep.space import param_space, plan_keys, plan_name
-from orchestrator.sweep.trial import run_trial, trial_metrics
+from orchestrator.pipeline import stages
+from orchestrator.pipeline.state import atomic_write_json, read_json
+from orchestrator.sweep.space import param_space, trial_plan
+from orchestrator.sweep.trial import SweepPayload, run_trial
+
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray inside `ray job submit`
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -71,121 +72,110 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     return min(fits, cfg.sweep.max_concurrent_trials) if cfg.sweep.max_concurrent_trials else fits
 
 
-def _task_options(cfg: Config) -> dict:
-    t = cfg.train
-    return {"num_cpus": t.cpus_per_worker, "num_gpus": t.gpus_per_worker if t.use_gpu else 0}
+class RayExecutor:
+    """Stage tasks as Ray tasks, one worker's resources each, all at once."""
+
+    def __init__(self, cfg: Config):
+        t = cfg.train
+        self.options = {"num_cpus": t.cpus_per_worker, "num_gpus": t.gpus_per_worker if t.use_gpu else 0}
+
+    def map(self, fn, args):
+        task = ray.remote(_forgetting(fn)).options(**self.options)
+        try:
+            return ray.get([task.remote(*a) for a in args])
+        except ray.exceptions.RayTaskError as e:  # a missing piece met inside a task: its message, not Ray's trace
+            if isinstance(e.cause, ConfigError):
+                raise e.cause from None
+            raise
 
 
-def _teacher_in_task(cfg_dict: dict):
-    """Inside a Ray task: the config, the world and the frozen teacher, on the task's device."""
-    from orchestrator.builders import pick_device
+def _forgetting(fn):
+    def run(*args):
+        try:
+            return fn(*args)
+        finally:
+            stages.forget_models()  # a reused Ray worker must not keep a model (GPU memory) between tasks
 
-    cfg = Config.model_validate(cfg_dict)
-    world = build_world(cfg)
-    return cfg, world, load_model(world, cfg.world.teacher.path, pick_device(cfg))
-
-
-@ray.remote
-def _evaluate_teacher(cfg_dict: dict) -> dict:
-    """The baseline: the teacher evaluated like every student (its deltas are 0, its speed-up 1)."""
-    from orchestrator.evaluate.synthesis import evaluate_model
-
-    cfg, world, teacher = _teacher_in_task(cfg_dict)
-    ev = evaluate_model(teacher, world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
-    return trial_metrics(ev, 1.0, {"wer": 100 * ev.wer, "sim": ev.sim})
+    run.__name__ = run.__qualname__ = fn.__name__
+    return run
 
 
-@ray.remote
-def _wer_without(cfg_dict: dict, layers: list[int]) -> float:
-    from orchestrator.prune.importance import wer_without
-
-    cfg, world, teacher = _teacher_in_task(cfg_dict)
-    return wer_without(teacher, scoring_context(cfg, world, 1), layers)
+def in_ray_job() -> bool:
+    return JOB_ENV in os.environ
 
 
-@ray.remote
-def _choose(cfg_dict: dict, scorer: str, strategy: str, n_drop: int):
-    """Layers `scorer` + `strategy` remove, and the scores behind the choice."""
-    from orchestrator.prune.select import choose_layers
-
-    cfg, world, teacher = _teacher_in_task(cfg_dict)
-    return choose_layers(strategy, scorer, teacher, scoring_context(cfg, world, n_drop), n_drop)
-
-
-@ray.remote
-def _build_cache(cfg_dict: dict, directory: str, key: dict, with_hidden: bool) -> str:
-    from orchestrator.distill.teacher_cache import build_teacher_cache
-
-    _, world, teacher = _teacher_in_task(cfg_dict)
-    pairs = [world.train_pairs[i] for i in range(key["pairs"])]
-    return str(build_teacher_cache(teacher, world.family, pairs, directory, key, with_hidden))
+def durable(path: str) -> str:
+    """Inside a Ray job the working directory is deleted afterwards: a relative path lands under
+    ~/prun-tts instead (printed first). Elsewhere, relative to where the command runs."""
+    if Path(path).is_absolute() or not in_ray_job():
+        return str(Path(path).resolve())
+    return str(Path.home() / "prun-tts" / path)
 
 
-def layer_plans(cfg: Config, n_layers: int, log=print) -> tuple[dict[str, list[int]], dict]:
-    """Each (scorer, strategy, n_drop) of the space -> the layers it removes; and the scores.
-    Scores are computed once per sweep; WLI's per-layer syntheses run as parallel Ray tasks."""
-    from orchestrator.prune.importance import wli_from_wers
-    from orchestrator.prune.select import contiguous, lowest
-
-    keys = plan_keys(cfg.sweep, n_layers)
-    opts, cfg_dict = _task_options(cfg), cfg.model_dump()
-    chosen, refs = {}, {}
-    if any(s == "wli" and st != "iterative" for s, st, _ in keys):
-        log(f"      wli: {n_layers + 1} syntheses of the dev set as parallel Ray tasks")
-        wers = ray.get(
-            [_wer_without.options(**opts).remote(cfg_dict, layers) for layers in [[]] + [[l] for l in range(n_layers)]]
-        )
-        wli = wli_from_wers(wers[0], wers[1:], cfg.score.n_items)
-    for s, st, k in keys:
-        if s == "wli" and st != "iterative":  # selection from the parallel scores: no task needed
-            chosen[plan_name(s, st, k)] = ((lowest if st == "lowest" else contiguous)(wli, k), wli)
-        else:
-            refs[plan_name(s, st, k)] = _choose.options(**opts).remote(cfg_dict, s, st, k)
-    chosen.update(zip(refs, ray.get(list(refs.values()))))
-    names = [plan_name(*key) for key in keys]  # in the order of the space
-    return {n: chosen[n][0] for n in names}, {n: chosen[n][1] for n in names}
+def resolve_paths(cfg: Config) -> Config:
+    """The config with absolute storage and output paths, as trials in other directories need them."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.sweep.storage_path = durable(cfg.sweep.storage_path)
+    cfg.output_dir = durable(cfg.output_dir)
+    return cfg
 
 
-def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, log=print) -> dict:
-    sw = cfg.sweep
-    # Everything a user can get wrong is checked before Ray starts or anything is written.
+def check_sweep(cfg: Config, address: str | None) -> tuple[str, dict]:
+    """Everything a user can get wrong, checked before Ray starts or anything is written:
+    returns the tracking URI and the Tune search space."""
+    from orchestrator.builders import teacher_layers
+    from orchestrator.model_checks import check_output_dir
+
     n_layers = teacher_layers(cfg)
-    space = param_space(sw, n_layers)
+    space = param_space(cfg, n_layers)
     if cfg.distill.batch_size % cfg.train.num_workers:
         raise ConfigError(
             f"distill.batch_size={cfg.distill.batch_size} does not split over train.num_workers="
             f"{cfg.train.num_workers}; make the batch size a multiple of the number of workers"
         )
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # inside `ray job submit`: the working directory is temporary
-        relative = [
-            f
-            for f, v in (("sweep.storage_path", sw.storage_path), ("output_dir", cfg.output_dir))
-            if not Path(v).is_absolute()
-        ]
-        if relative:
-            raise ConfigError(
-                f"{', '.join(relative)} must be absolute paths in a Ray job (its working directory is "
-                "deleted afterwards): give a directory every node sees, e.g. "
-                "--set sweep.storage_path=/mnt/shared/sweeps --set output_dir=/mnt/shared/runs"
-            )
+    check_output_dir(cfg.sweep.storage_path, "sweep.storage_path")
+    check_output_dir(cfg.output_dir, "output_dir")
+    if not address:  # a private local Ray: its size is known before it starts
+        concurrent_trials(cfg, {"CPU": cfg.sweep.local_cpus, "GPU": _local_gpus()})
     uri = tracking.tracking_uri(cfg.tracking.uri, cfg.output_dir)
     tracking.check_tracking(uri)
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)
-    base = (Path(sw.storage_path) / sw.name).resolve()
+    base = Path(cfg.sweep.storage_path) / cfg.sweep.name
     _check_same_sweep(cfg, base)
+    stages.budget_stage(cfg, stages.teacher_for_checks(cfg))  # a budget under one batch, missing shards
+    return uri, space
 
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, log=print, verbose: bool = False) -> dict:
+    from orchestrator.console import route_chatter
+
+    cfg = resolve_paths(cfg)
+    address = address or os.environ.get("RAY_ADDRESS")
+    uri, space = check_sweep(cfg, address)
+    base = Path(cfg.sweep.storage_path) / cfg.sweep.name
+    if in_ray_job():
+        log(f"Ray job: results under {base}, tracking {uri}")
+    chatter = route_chatter(base / "ray-and-mlflow.log", verbose)
+    if chatter:
+        log(f"Ray's and MLflow's own messages: {chatter} (--verbose shows them here)")
     started = not ray.is_initialized()
     if started:
         ray.init(
             address=address or "local",
-            num_cpus=None if address else sw.local_cpus,
+            num_cpus=None if address else cfg.sweep.local_cpus,
             include_dashboard=False if not address else None,
-            log_to_driver=progress,
+            log_to_driver=True,
+            configure_logging=verbose,
         )
+        route_chatter(base / "ray-and-mlflow.log", verbose)  # ray.init resets its logger
     try:
-        concurrency = concurrent_trials(cfg, ray.cluster_resources())
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         if nodes > 1 and uri.startswith("sqlite:"):
             raise ConfigError(
@@ -193,15 +183,26 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
                 "run an MLflow server (cluster.yaml starts one on the head) and set "
                 "tracking.uri=http://HEAD:5000 or MLFLOW_TRACKING_URI"
             )
-        return _run(cfg, base, uri, space, n_layers, concurrency, progress, log)
+        if nodes > 1 and in_ray_job() and any(_under_home(p) for p in (cfg.sweep.storage_path, cfg.output_dir)):
+            raise ConfigError(
+                f"this cluster has {nodes} nodes and the sweep's files would go under {Path.home()}, which other "
+                "nodes do not see: give absolute paths on a shared mount, e.g. "
+                "--set sweep.storage_path=/mnt/shared/sweeps --set output_dir=/mnt/shared/runs"
+            )
+        concurrency = concurrent_trials(cfg, ray.cluster_resources())
+        return _run(cfg, base, uri, space, concurrency, progress, log)
     finally:
         if started:
             ray.shutdown()
 
 
+def _under_home(path: str) -> bool:
+    return Path(path).is_relative_to(Path.home() / "prun-tts")
+
+
 def _check_same_sweep(cfg: Config, base: Path) -> None:
     saved = base / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != _comparable(cfg):
+    if saved.is_file() and read_json(saved, "the sweep's config") != _comparable(cfg):
         raise ConfigError(
             f"sweep {cfg.sweep.name!r} in {base} was started with a different config; resume it "
             "with the same settings, or give this one a new sweep.name"
@@ -215,166 +216,193 @@ def _comparable(cfg: Config) -> dict:
     return d
 
 
-def _run(cfg: Config, base: Path, uri: str, space: dict, n_layers: int, concurrency: int, progress: bool, log) -> dict:
-    sw = cfg.sweep
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "config.json").write_text(json.dumps(_comparable(cfg), indent=2))
-    world = build_world(cfg)
-    log(f"[1/5] teacher ({cfg.world.name} world)")
-    teacher_path, meta = teacher_source(cfg, world, progress)
-    # Trials run in other processes and directories: hand them absolute paths.
-    cfg = cfg.model_copy(deep=True)
-    cfg.world.teacher.path = str(teacher_path)
-    cfg.output_dir = str(Path(cfg.output_dir).resolve())
-    cfg_dict = cfg.model_dump()
+def _run(cfg: Config, base: Path, uri: str, space: dict, concurrency: int, progress: bool, log) -> dict:
+    """The sweep's stages, in order."""
+    state = base / "state"
+    ray_tasks = RayExecutor(cfg)
+    atomic_write_json(base / "config.json", _comparable(cfg))
 
-    exp_id = tracking.experiment_id(uri, cfg.tracking.experiment)
-    sweep_tags = {"prun_tts.sweep": str(base)}
-    parent = tracking.find_run(uri, exp_id, {**sweep_tags, tracking.ROLE: "sweep"})
-    if parent is None:
-        parent = tracking.start_run(
-            uri,
-            exp_id,
-            sw.name,
-            "sweep",
-            params=tracking.flatten(cfg_dict),
-            tags={
-                **sweep_tags,
-                "prun_tts.teacher": cfg.world.teacher.path,
-                "prun_tts.teacher_digest": meta.get("digest", ""),
-                "prun_tts.code_version": tracking.code_version(),
-                "prun_tts.search_space": json.dumps(space, default=str),
-            },
-        )
-    baseline_file = base / "baseline.json"
-    if baseline_file.is_file():
-        baseline = json.loads(baseline_file.read_text())
-    else:
-        log(f"      evaluating the teacher on {cfg.evaluate.n_items} test items (baseline run)")
-        baseline = ray.get(_evaluate_teacher.options(**_task_options(cfg)).remote(cfg_dict))
-        run = tracking.start_run(
-            uri,
-            exp_id,
-            f"teacher ({n_layers} layers)",
-            "baseline",
-            parent,
-            params={
-                "dropped_layers": "",
-                "kept_layers": "-".join(map(str, range(n_layers))),
-                "scorer": "none",
-                "ratio": 0.0,
-            },
-            tags=sweep_tags,
-        )
-        tracking.log_metrics(uri, run, baseline)
-        tracking.finish_run(uri, run)
-        baseline_file.write_text(json.dumps(baseline, indent=2))
-    log(f"      teacher: {n_layers} layers, WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
-    if math.isnan(baseline["wer"]):
-        raise ConfigError(
-            "the teacher's WER is NaN: this world's codec makes no audio here (CosyVoice 2 without "
-            "CosyVoice's code on PYTHONPATH), so a sweep cannot compare students; install it"
-        )
-
-    log("[2/5] layer choices of each scorer (once for the whole sweep)")
-    plans_file = base / "plans.json"
-    if plans_file.is_file():
-        plans = json.loads(plans_file.read_text())
-    else:
-        plans, scores = layer_plans(cfg, n_layers, log)
-        _log_scores(uri, parent, scores, plans, base / "scores")
-        plans_file.write_text(json.dumps(plans, indent=2))
-    for name, drop in plans.items():
-        log(f"      {name:>28}: drop {drop}")
-
-    budget = plan_budget(cfg, world, meta.get("train_tokens"))  # refuses a budget that cannot work
-    spec = loss_spec(cfg.distill, world.family.speech_ids)
-    cache_dir = None
-    if cfg.distill.teacher_cache and not spec.needs_attention:
-        log("[3/5] teacher outputs on the distillation data (once for the whole sweep)")
-        key = {
-            "teacher_digest": meta.get("digest"),
-            "teacher": cfg.world.teacher.path,
-            "teacher_tokens": meta["train_tokens"],
-            "pairs": budget.pairs,
-            "with_hidden": spec.needs_hidden,
-            "world": cfg.world.model_dump(exclude={"teacher"}),
-        }
-        cache_dir = ray.get(
-            _build_cache.options(**_task_options(cfg)).remote(
-                cfg_dict, str(base / "teacher-cache"), key, spec.needs_hidden
-            )
-        )
-    else:  # attention maps are not cached: with an attention term every step runs the teacher anyway
-        log("[3/5] no teacher cache (distill.teacher_cache=false or an attention term): trials run the teacher")
-    reports = (
-        budget.pairs * cfg.distill.epochs // (cfg.distill.batch_size * cfg.distill.grad_accum) // cfg.train.report_every
-        + 1
-    )
-
-    shared = {
-        "cfg": cfg_dict,
-        "n_layers": n_layers,
-        "plans": plans,
-        "baseline": baseline,
-        "teacher_tokens": meta["train_tokens"],
-        "teacher_cache": cache_dir,
-        "tracking_uri": uri,
-        "experiment_id": exp_id,
-        "parent_run_id": parent,
-        "train_storage": str(base / "train"),
-    }
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=shared), {"CPU": cfg.train.driver_cpus})
-    tune_dir = base / "tune"
-    if tune.Tuner.can_restore(str(tune_dir)):
-        log(f"[4/5] resuming the sweep in {tune_dir} (finished trials are kept)")
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
-    else:
-        log(f"[4/5] Tune: up to {concurrency} trials at once, {cfg.train.num_workers} Train workers each")
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=_tune_config(cfg, concurrency, reports),
-            run_config=tune.RunConfig(name="tune", storage_path=str(base), verbose=1 if progress else 0),
-        )
+    log(f"[1/6] teacher ({cfg.world.name} world)")
+    teacher = stages.teacher_stage(cfg, progress)
+    sweep_run = _parent_run(cfg, uri, base, teacher, space)
     try:
-        results = tuner.fit()
-    except BaseException:
-        tracking.finish_run(uri, parent, "FAILED")
-        raise
+        log(f"[2/6] baseline: the teacher on {cfg.evaluate.n_items} test items")
+        baseline = stages.baseline_stage(cfg, teacher, ray_tasks, state, log)
+        _baseline_run(uri, sweep_run, teacher, baseline)
+        log(f"      teacher: {teacher.n_layers} layers, WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
 
-    log("[5/5] trade-off")
-    rows = trial_rows(results, plans, n_layers)
-    for r in rows:  # trials the scheduler stopped (their driver was killed) or that failed: close their runs
-        run_id = r["status"] != "ok" and tracking.find_run(uri, exp_id, {"prun_tts.trial_id": r["trial_id"]})
-        if run_id:
-            tracking.finish_run(uri, run_id, "KILLED" if r["status"] == "stopped" else "FAILED")
-    files = write_tradeoff(rows, baseline, base / "results")
+        log("[3/6] layer plans: each scorer's choice, once for the whole sweep")
+        plans = stages.plans_stage(cfg, teacher, ray_tasks, state, log)
+        _log_plans(uri, sweep_run, plans, base / "scores", log)
+
+        log("[4/6] data budget and teacher cache")
+        budget = stages.budget_stage(cfg, teacher)
+        log(f"      {budget.pairs} pairs, {budget.unique_tokens} tokens, {budget.hours:.2f} h of speech")
+        cache = stages.teacher_cache_stage(cfg, teacher, budget, ray_tasks, base / "teacher-cache", log)
+
+        log(f"[5/6] students: up to {concurrency} trials at once, {cfg.train.num_workers} Train workers each")
+        payload = SweepPayload(
+            cfg, teacher, plans, baseline, cache, uri, sweep_run.experiment, sweep_run.id, str(base / "train")
+        )
+        steps = budget.pairs * cfg.distill.epochs // (cfg.distill.batch_size * cfg.distill.grad_accum)
+        results = _tune(cfg, base, payload, space, concurrency, steps, progress, log)
+
+        log("[6/6] trade-off")
+        rows = stages.sort_rows([_trial_row(r, plans, teacher.n_layers) for r in results])
+        _close_unfinished(uri, sweep_run.experiment, rows)
+        files = stages.tradeoff_stage(rows, baseline, base / "results")
+    except BaseException:
+        tracking.finish_run(uri, sweep_run.id, "KILLED")  # never left RUNNING; the same command resumes it
+        raise
     for f in files.values():
-        tracking.log_artifacts(uri, parent, f, "results")
+        tracking.log_artifacts(uri, sweep_run.id, f, "results")
     done = [r for r in rows if r["status"] == "ok"]
-    tracking.log_metrics(
-        uri,
-        parent,
-        {"trials": len(rows), "trials_ok": len(done), **({"best_wer": min(r["wer"] for r in done)} if done else {})},
-    )
-    tracking.finish_run(uri, parent)
-    table = format_trials(rows, baseline)
-    log(table)
+    best = {"best_wer": min(r["wer"] for r in done)} if done else {}
+    tracking.log_metrics(uri, sweep_run.id, {"trials": len(rows), "trials_ok": len(done), **best})
+    tracking.finish_run(uri, sweep_run.id)
+    log(stages.format_trials(rows, baseline))
     where = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     log(
-        f"MLflow: experiment {cfg.tracking.experiment!r}, sweep run {parent}\n  open: {where}\n"
+        f"MLflow: experiment {cfg.tracking.experiment!r}, sweep run {sweep_run.id}\n  open: {where}\n"
         f"  compare: select the runs of this sweep, Chart view, scatter chart x=n_layers y=wer\n"
         f"  files: {base / 'results'}"
     )
     return {
         "rows": rows,
         "baseline": baseline,
-        "parent_run_id": parent,
+        "parent_run_id": sweep_run.id,
         "tracking_uri": uri,
         "files": files,
         "storage": str(base),
     }
+
+
+class _SweepRun:
+    def __init__(self, experiment: str, run_id: str, tags: dict):
+        self.experiment, self.id, self.tags = experiment, run_id, tags
+
+
+def _parent_run(cfg: Config, uri: str, base: Path, teacher: stages.TeacherInfo, space: dict) -> _SweepRun:
+    """The sweep's MLflow run: found again by its storage path when the sweep is resumed."""
+    exp_id = tracking.experiment_id(uri, cfg.tracking.experiment)
+    tags = {"prun_tts.sweep": str(base)}
+    run = tracking.find_run(uri, exp_id, {**tags, tracking.ROLE: "sweep"})
+    if run is None:
+        run = tracking.start_run(
+            uri,
+            exp_id,
+            cfg.sweep.name,
+            "sweep",
+            params=tracking.flatten(cfg.model_dump()),
+            tags={
+                **tags,
+                "prun_tts.teacher": teacher.path,
+                "prun_tts.teacher_digest": teacher.digest,
+                "prun_tts.code_version": tracking.code_version(),
+                "prun_tts.search_space": json.dumps(space, default=str),
+            },
+        )
+    else:
+        tracking.set_status(uri, run, "RUNNING")
+    return _SweepRun(exp_id, run, tags)
+
+
+def _baseline_run(uri: str, sweep_run: _SweepRun, teacher: stages.TeacherInfo, baseline: dict) -> None:
+    """The teacher's MLflow run (one per sweep: a resumed sweep finds it)."""
+    if tracking.find_run(uri, sweep_run.experiment, {**sweep_run.tags, tracking.ROLE: "baseline"}):
+        return
+    n = teacher.n_layers
+    run = tracking.start_run(
+        uri,
+        sweep_run.experiment,
+        f"teacher ({n} layers)",
+        "baseline",
+        sweep_run.id,
+        params={"dropped_layers": "", "kept_layers": "-".join(map(str, range(n))), "scorer": "none", "ratio": 0.0},
+        tags=sweep_run.tags,
+    )
+    tracking.log_metrics(uri, run, baseline)
+    tracking.finish_run(uri, run)
+
+
+def _log_plans(uri: str, sweep_run: _SweepRun, plans: dict, out: Path, log) -> None:
+    from orchestrator.recipes.score import write_scores
+
+    for name, plan in plans.items():
+        log(f"      {name:>28}: drop {plan['drop']}" + (f" ({plan['scorer']})" if name.startswith("best") else ""))
+    by_scorer = stages.scores_by_scorer(plans)
+    if by_scorer:
+        for f in write_scores(by_scorer, out).values():
+            tracking.log_artifacts(uri, sweep_run.id, f, "scores")
+
+
+def _tune(
+    cfg: Config, base: Path, payload: SweepPayload, space: dict, concurrency: int, steps: int, progress: bool, log
+):
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=payload), {"CPU": cfg.train.driver_cpus})
+    tune_dir = base / "tune"
+    if tune.Tuner.can_restore(str(tune_dir)):
+        log(f"      resuming the sweep in {tune_dir} (finished trials are kept)")
+        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+    else:
+        reports = steps // cfg.train.report_every + 1
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=_tune_config(cfg, concurrency, reports),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(base),
+                verbose=0,
+                callbacks=[TrialProgress(steps)] if progress else [],
+            ),
+        )
+    return tuner.fit()
+
+
+class TrialProgress(tune.Callback):
+    """One line per trial report: its step out of the total, its loss and the time left.
+    (Tune pickles its callbacks with the experiment: this one holds numbers only.)"""
+
+    def __init__(self, steps: int):
+        self.steps, self.started = steps, {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+        say(f"      trial {trial.trial_id} started: {_describe(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        step = result.get("step", 0)
+        if "wer" in result:
+            say(
+                f"      trial {trial.trial_id} done: WER {result['wer']:.2f}% ({result['wer_delta']:+.2f}), "
+                f"{result['n_layers']} layers, speed-up {result['speedup']:.2f}x"
+            )
+            return
+        spent = time.time() - self.started.get(trial.trial_id, time.time())
+        left = f", about {spent / step * (self.steps - step) / 60:.1f} min of training left" if step else ""
+        say(f"      trial {trial.trial_id} step {step}/{self.steps} loss {result.get('loss', float('nan')):.3f}{left}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        say(f"      trial {trial.trial_id} FAILED: {_last_line(trial.error_file)}")
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _describe(config: dict) -> str:
+    if "layer_set" in config:
+        return f"drop {config['layer_set']}"
+    return f"{config['scorer']}/{config['strategy']}, drop {config['n_drop']} layers"
+
+
+def _last_line(error_file) -> str:
+    try:
+        text = Path(error_file).read_text().strip().splitlines()
+        return text[-1] if text else "(no message)"
+    except (OSError, TypeError):
+        return "(see the trial log)"
 
 
 def _tune_config(cfg: Config, concurrency: int, reports: int = 100) -> tune.TuneConfig:
@@ -398,72 +426,17 @@ def _tune_config(cfg: Config, concurrency: int, reports: int = 100) -> tune.Tune
     )
 
 
-def trial_rows(results, plans: dict, n_layers: int) -> list[dict]:
-    from orchestrator.sweep.space import layer_set, trial_choice
-
-    rows = []
-    for r in results:
-        drop, scorer, strategy = trial_choice(r.config, plans, n_layers)
-        m = r.metrics or {}
-        status = "ok" if r.error is None and "wer" in m else "error" if r.error is not None else "stopped"
-        row = {
-            "trial_id": m.get("trial_id", ""),
-            "dropped_layers": layer_set(drop),
-            "scorer": scorer,
-            "strategy": strategy,
-            "status": status,
-            "label": layer_set(drop),
-        }
-        for k in ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "loss"):
-            row[k] = m.get(k, float("nan"))
-        row["time_s"] = m.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
-        if status != "ok":
-            row["n_layers"] = n_layers - len(drop)
-        rows.append(row)
-    return sorted(rows, key=lambda r: (-r["n_layers"], r["wer"] if r["status"] == "ok" else math.inf))
+def _trial_row(result, plans: dict, n_layers: int) -> dict:
+    """A Tune result as a row of trials.csv."""
+    m = result.metrics or {}
+    status = "ok" if result.error is None and "wer" in m else "error" if result.error is not None else "stopped"
+    error = str(result.error).strip().splitlines()[-1][:300] if result.error is not None else ""
+    return stages.trial_row(m.get("trial_id", ""), trial_plan(result.config, plans), n_layers, status, m, error)
 
 
-def write_tradeoff(rows: list[dict], baseline: dict, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "trials.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
-        w.writeheader()
-        w.writerows(rows)
-    done = [r for r in rows if r["status"] == "ok"]
-    png = plot_tradeoff(done, {**baseline, "label": "teacher"}, out / "pareto.png")
-    front = out / "pareto.json"
-    front.write_text(json.dumps(pareto_front(done), indent=2))
-    return {"csv": csv_path, "png": png, "pareto": front}
-
-
-def format_trials(rows: list[dict], baseline: dict) -> str:
-    lines = [
-        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | SIM   | speed-up |",
-        "|--------------------------|--------------------|-------|--------|--------|-------|----------|",
-        f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
-        f"|   0.00 | {baseline['sim']:.3f} |    1.00x |",
-    ]
+def _close_unfinished(uri: str, exp_id: str, rows: list[dict]) -> None:
+    """Trials the scheduler stopped (their driver was killed) or that failed: close their runs."""
     for r in rows:
-        if r["status"] != "ok":
-            lines.append(
-                f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
-                f"| {'stopped early by the scheduler' if r['status'] == 'stopped' else 'failed (see the trial log)'}"
-            )
-            continue
-        lines.append(
-            f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
-            f"| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |"
-        )
-    return "\n".join(lines)
-
-
-def _log_scores(uri: str, parent: str, scores: dict, plans: dict, out: Path) -> None:
-    from orchestrator.recipes.score import write_scores
-
-    by_scorer = {}
-    for name, s in scores.items():  # one profile per scorer (its first plan's scores)
-        by_scorer.setdefault(s.scorer, (s, plans[name]))
-    if by_scorer:
-        for f in write_scores(by_scorer, out).values():
-            tracking.log_artifacts(uri, parent, f, "scores")
+        run_id = r["status"] != "ok" and tracking.find_run(uri, exp_id, {"prun_tts.trial_id": r["trial_id"]})
+        if run_id:
+            tracking.finish_run(uri, run_id, "KILLED" if r["status"] == "stopped" else "FAILED")

@@ -1,14 +1,16 @@
-"""One sweep trial = one Ray Train run.
+"""One sweep trial = one Ray Train run of the pipeline's student stage.
 
 `run_trial` is the Tune trainable (a small driver process): it picks the trial's layer
 set, opens the trial's MLflow child run, and runs a `TorchTrainer` whose workers each
 execute `train_loop_per_worker`, a plain PyTorch distillation loop over their share of
-the data (DDP: gloo on CPUs, NCCL on GPUs). Rank 0 then evaluates the student and
-reports the final quality metrics, which Tune (and Optuna) see as the trial's result.
+the data (DDP: gloo on CPUs, NCCL on GPUs). Rank 0 then evaluates the student with the
+pipeline's `evaluate_student` and reports the final quality metrics, which Tune (and
+Optuna) see as the trial's result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -24,28 +26,58 @@ from orchestrator.builders import build_world, load_model, save_student
 from orchestrator.config import Config
 from orchestrator.distill.loop import load_checkpoint, save_checkpoint
 from orchestrator.distill.teacher_cache import TeacherCache
-from orchestrator.evaluate.synthesis import evaluate_model, speedup
+from orchestrator.pipeline.stages import Plan, TeacherInfo, evaluate_student, student_fingerprint
 from orchestrator.recipes.distill import budget_record, finished_student, prepare_distill, training_steps
-from orchestrator.sweep.space import layer_set, trial_choice
+from orchestrator.sweep.space import layer_set, trial_plan
 
 STATE = "state.pt"
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepPayload:
+    """What every trial of a sweep shares (handed to Tune once, by reference)."""
+
+    cfg: Config
+    teacher: TeacherInfo
+    plans: dict
+    baseline: dict
+    teacher_cache: str | None
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    train_storage: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialPayload:
+    """What each Train worker of one trial needs."""
+
+    cfg: Config
+    teacher: TeacherInfo
+    drop: tuple[int, ...]
+    baseline: dict
+    teacher_cache: str | None
+    tracking_uri: str
+    run_id: str
+    fingerprint: dict  # of the student: a checkpoint of other settings is never resumed
+
+
 def train_loop_per_worker(config: dict) -> None:
+    job: TrialPayload = config["job"]
     ctx = ray.train.get_context()
     rank, size = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = Config.model_validate(config["cfg"])
+    cfg = job.cfg
     world = build_world(cfg)
-    teacher = load_model(world, cfg.world.teacher.path, ray.train.torch.get_device())
+    teacher = load_model(world, job.teacher.path, ray.train.torch.get_device())
     run = prepare_distill(
-        cfg, world, teacher, config["teacher_tokens"], config["drop"], size, wrap=ray.train.torch.prepare_model
+        cfg, world, teacher, job.teacher.train_tokens, job.drop, size, wrap=ray.train.torch.prepare_model
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a resumed trial continues where its last checkpoint stopped
         with checkpoint.as_directory() as d:
-            load_checkpoint(run.state, Path(d) / STATE)
-    source = TeacherCache(config["teacher_cache"], teacher) if config["teacher_cache"] else teacher
-    curves = tracking.CurveLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+            load_checkpoint(run.state, Path(d) / STATE, fingerprint=job.fingerprint)
+    source = TeacherCache(job.teacher_cache, teacher) if job.teacher_cache else teacher
+    curves = tracking.CurveLogger(job.tracking_uri, job.run_id) if rank == 0 else None
     last: dict = {}
     for m in training_steps(run, cfg, world, source, rank, size):
         last = {k: v for k, v in m.items() if k != "step"}
@@ -54,7 +86,7 @@ def train_loop_per_worker(config: dict) -> None:
         if m["step"] % cfg.train.report_every == 0 and m["step"] < run.steps:
             if curves:
                 curves.flush()
-            _report({**last, "step": m["step"]}, run.state if rank == 0 else None)
+            _report({**last, "step": m["step"]}, run.state if rank == 0 else None, job.fingerprint)
     if curves:
         curves.flush()
 
@@ -62,102 +94,85 @@ def train_loop_per_worker(config: dict) -> None:
     final: dict = {}
     with tempfile.TemporaryDirectory(prefix="student-") as files:
         if rank == 0:
-            final = _evaluate_and_save(cfg, world, teacher, student, source, run, config, Path(files))
+            final, items = evaluate_student(cfg, world, teacher, student, job.baseline)
+            # the data budget, beside the quality it bought
+            final.update(data_pairs=run.budget.pairs, data_hours=run.budget.hours, data_tokens=run.budget.unique_tokens)
+            if isinstance(source, TeacherCache):
+                final["teacher_cache_hits"] = source.served
+            save_student(world, student, Path(files) / "student")
+            (Path(files) / "evaluation.json").write_text(json.dumps({**final, "items": items}, indent=2))
+            budget = budget_record(run.budget, job.teacher.train_tokens)
+            (Path(files) / "budget.json").write_text(json.dumps(budget, indent=2))
+            save_checkpoint(run.state, Path(files) / STATE, fingerprint=job.fingerprint)
         ray.train.report(
             {**last, "step": run.state.step, **final},
             checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 else None,
         )
 
 
-def _evaluate_and_save(cfg, world, teacher, student, source, run, config, files: Path) -> dict:
-    """Rank 0, after training: the final metrics, and the student + evaluation in `files`."""
-    test = world.test_items[: cfg.evaluate.n_items]
-    ev = evaluate_model(student, world, test, cfg.evaluate)
-    speed = speedup(teacher, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
-    final = trial_metrics(ev, speed, config["baseline"])
-    # the data budget, beside the quality it bought
-    final.update(data_pairs=run.budget.pairs, data_hours=run.budget.hours, data_tokens=run.budget.unique_tokens)
-    if isinstance(source, TeacherCache):
-        final["teacher_cache_hits"] = source.served
-    save_student(world, student, files / "student")
-    (files / "evaluation.json").write_text(json.dumps({**ev.summary(), "items": ev.items}, indent=2))
-    (files / "budget.json").write_text(json.dumps(budget_record(run.budget, config["teacher_tokens"]), indent=2))
-    save_checkpoint(run.state, files / STATE)
-    return final
-
-
-def _report(metrics: dict, state) -> None:
+def _report(metrics: dict, state, fingerprint: dict) -> None:
     """Every worker reports (Train needs the same number of reports from each); rank 0 adds the checkpoint."""
     if state is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(state, Path(d) / STATE)
+        save_checkpoint(state, Path(d) / STATE, fingerprint=fingerprint)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def trial_metrics(ev, speed: float, baseline: dict) -> dict:
-    """The child-run contract's metrics (WER in %, deltas against the teacher's baseline run)."""
-    wer = 100 * ev.wer
-    return {
-        "wer": wer,
-        "sim": ev.sim,
-        "n_layers": ev.n_layers,
-        "params_m": ev.params / 1e6,
-        "rtf": ev.rtf,
-        "speedup": speed,
-        "wer_delta": wer - baseline["wer"],
-        "sim_delta": ev.sim - baseline["sim"],
-        "peak_mem_mb": ev.peak_mem_mb,
-    }
-
-
-def run_trial(config: dict, sweep: dict) -> None:
-    """The Tune trainable. `sweep`: what every trial shares (config, plans, baseline, MLflow ids, paths)."""
-    cfg = Config.model_validate(sweep["cfg"])
-    n = sweep["n_layers"]
-    drop, scorer, strategy = trial_choice(config, sweep["plans"], n)
-    kept = [i for i in range(n) if i not in drop]
-    trial_id = tune.get_context().get_trial_id()
-    uri, exp_id, parent = sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"]
-    tags = {"prun_tts.trial_id": trial_id, tracking.PARENT: parent}
-    run_id = tracking.find_run(uri, exp_id, tags) or tracking.start_run(
+def trial_run_id(sweep: SweepPayload, trial_id: str, plan: Plan, n_layers: int) -> str:
+    """The trial's MLflow child run: found again when the trial is resumed, else created."""
+    uri, tags = sweep.tracking_uri, {"prun_tts.trial_id": trial_id, tracking.PARENT: sweep.parent_run_id}
+    kept = [i for i in range(n_layers) if i not in plan.drop]
+    return tracking.find_run(uri, sweep.experiment_id, tags) or tracking.start_run(
         uri,
-        exp_id,
-        f"drop {layer_set(drop)} ({len(kept)} layers)",
+        sweep.experiment_id,
+        f"drop {layer_set(plan.drop)} ({len(kept)} layers)",
         "trial",
-        parent,
+        sweep.parent_run_id,
         params={
-            "dropped_layers": layer_set(drop),
+            "dropped_layers": layer_set(plan.drop),
             "kept_layers": layer_set(kept),
-            "scorer": scorer,
-            "strategy": strategy,
-            "ratio": round(len(drop) / n, 4),
-            "n_drop": len(drop),
+            "scorer": plan.scorer,
+            "strategy": plan.strategy,
+            "ratio": round(len(plan.drop) / n_layers, 4),
+            "n_drop": len(plan.drop),
             "trial_id": trial_id,
         },
         tags=tags,
     )
+
+
+def run_trial(config: dict, sweep: SweepPayload) -> None:
+    """The Tune trainable: one student of the sweep, distilled by a Ray Train run."""
+    cfg, n = sweep.cfg, sweep.teacher.n_layers
+    plan = trial_plan(config, sweep.plans)
+    trial_id = tune.get_context().get_trial_id()
+    uri = sweep.tracking_uri
+    run_id = trial_run_id(sweep, trial_id, plan, n)
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+    job = TrialPayload(
+        cfg,
+        sweep.teacher,
+        plan.drop,
+        sweep.baseline,
+        sweep.teacher_cache,
+        uri,
+        run_id,
+        student_fingerprint(cfg, sweep.teacher, plan.drop),
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "cfg": sweep["cfg"],
-            "drop": drop,
-            "teacher_tokens": sweep["teacher_tokens"],
-            "teacher_cache": sweep["teacher_cache"],
-            "baseline": sweep["baseline"],
-            "tracking_uri": uri,
-            "run_id": run_id,
-        },
+        train_loop_config={"job": job},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
-            storage_path=sweep["train_storage"],
+            storage_path=sweep.train_storage,
             callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -170,8 +185,9 @@ def run_trial(config: dict, sweep: dict) -> None:
                 tracking.log_artifacts(uri, run_id, Path(d) / "student", "student")
                 for name in ("evaluation.json", "budget.json"):
                     tracking.log_artifacts(uri, run_id, Path(d) / name)
-    except BaseException:
+    except BaseException as e:
         tracking.finish_run(uri, run_id, "FAILED")
+        tracking.set_tag(uri, run_id, "prun_tts.error", f"{e.__class__.__name__}: {e}"[-4000:])
         raise
     tracking.finish_run(uri, run_id)
 

@@ -1,0 +1,424 @@
+"""The method as stages: plain functions with typed inputs and outputs, no Ray, no MLflow.
+
+    teacher -> baseline -> layer plans -> data budget (+ teacher cache) -> students -> trade-off
+
+`prun-tts demo` runs them in this process (`LocalExecutor`); `prun-tts sweep` runs the same
+functions on Ray (`sweep.runner.RayExecutor` for the stage tasks, Tune + Train for the
+students). Every stage that computes something keeps it in a fingerprinted state file
+(pipeline/state.py), so a rerun reuses what is still valid and recomputes what is not.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator.config import Config, ConfigError
+from orchestrator.pipeline.state import atomic_write_json, cached_stage, digest, file_digest
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherInfo:
+    """Where the teacher is and what it was computed from (the digest every stage keys on)."""
+
+    path: str  # absolute directory, or a hub id
+    digest: str  # of its weights (a hub id: the id)
+    n_layers: int
+    train_tokens: int | None  # tokens it was trained on, for distill.data_fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One student to make: the layers it drops and what chose them."""
+
+    name: str  # scorer/strategy/n_drop of the search space ("manual" for explicit sets)
+    drop: tuple[int, ...]
+    scorer: str  # for prune.scorer=best: the scorer that won
+    strategy: str
+
+
+class Executor(Protocol):
+    """Where stage tasks run: `map(fn, [args, ...])` -> [fn(*args), ...] in order."""
+
+    def map(self, fn: Callable, args: Sequence[tuple]) -> list: ...
+
+
+class LocalExecutor:
+    def map(self, fn: Callable, args: Sequence[tuple]) -> list:
+        return [fn(*a) for a in args]
+
+
+# ---------------------------------------------------------------- models in a process
+
+_LOADED: dict[str, Any] = {}  # one (world, teacher) per process: tasks of one stage share it
+
+
+def world_and_teacher(cfg: Config, teacher: TeacherInfo):
+    """The world and the frozen teacher on this process's device, loaded once per process."""
+    from orchestrator.builders import build_world, load_model, pick_device
+
+    key = digest([cfg.world.model_dump(), teacher.path, cfg.device])
+    if key not in _LOADED:
+        _LOADED.clear()
+        world = build_world(cfg)
+        _LOADED[key] = (world, load_model(world, teacher.path, pick_device(cfg)))
+    return _LOADED[key]
+
+
+def forget_models() -> None:
+    """Free what `world_and_teacher` holds (a Ray task calls it before its worker is reused)."""
+    _LOADED.clear()
+
+
+@functools.cache  # once per process: every stage of a run keys on the same code
+def code_digest() -> str:
+    """The code every stage ran (the package's Python files): another version recomputes."""
+    root = Path(__file__).resolve().parents[1]
+    return digest({str(f.relative_to(root)): file_digest(f) for f in sorted(root.rglob("*.py"))})
+
+
+def world_fingerprint(cfg: Config) -> dict:
+    return cfg.world.model_dump(exclude={"teacher": {"path"}})
+
+
+# ---------------------------------------------------------------- 1. teacher
+
+
+def teacher_stage(cfg: Config, progress: bool = True) -> TeacherInfo:
+    """The teacher (the mini one trained first if no shipped or cached one fits the config)."""
+    from orchestrator.builders import build_world, teacher_layers, teacher_source
+
+    world = build_world(cfg) if cfg.world.name == "mini" else None
+    path, meta = teacher_source(cfg, world, progress)
+    weights = file_digest(path) if Path(path).is_dir() else path
+    return TeacherInfo(
+        path=str(path), digest=weights, n_layers=teacher_layers(cfg), train_tokens=meta.get("train_tokens")
+    )
+
+
+def teacher_for_checks(cfg: Config) -> TeacherInfo:
+    """What the input checks need of the teacher, without training or hashing it."""
+    from orchestrator.builders import teacher_layers, teacher_source_if_ready
+
+    path, meta = teacher_source_if_ready(cfg)
+    return TeacherInfo(str(path), "", teacher_layers(cfg), meta.get("train_tokens"))
+
+
+# ---------------------------------------------------------------- 2. baseline
+
+
+def evaluate_teacher_task(cfg: Config, teacher: TeacherInfo) -> dict:
+    """The teacher evaluated like every student (its deltas are 0, its speed-up 1)."""
+    from orchestrator.evaluate.synthesis import evaluate_model
+
+    world, model = world_and_teacher(cfg, teacher)
+    ev = evaluate_model(model, world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
+    return {"metrics": quality_metrics(ev, 1.0, {"wer": 100 * ev.wer, "sim": ev.sim}), "items": ev.items}
+
+
+def baseline_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict:
+    """The teacher's metrics on the test list (WER in %), evaluated once per teacher and settings."""
+    fingerprint = {
+        "teacher": teacher.digest,
+        "world": world_fingerprint(cfg),
+        "evaluate": cfg.evaluate.model_dump(),
+        "code": code_digest(),
+    }
+    value = cached_stage(
+        state_dir, "baseline", fingerprint, lambda: executor.map(evaluate_teacher_task, [(cfg, teacher)])[0], log
+    )
+    metrics = value["metrics"]
+    if math.isnan(metrics["wer"]):
+        raise ConfigError(
+            "the teacher's WER is NaN: this world's codec makes no audio here (CosyVoice 2 without "
+            "CosyVoice's code on PYTHONPATH), so students cannot be compared; install it"
+        )
+    return metrics
+
+
+def quality_metrics(ev, speed: float, baseline: dict) -> dict:
+    """The child-run contract's metrics (WER in %, deltas against the teacher's baseline)."""
+    wer = 100 * ev.wer
+    return {
+        "wer": wer,
+        "sim": ev.sim,
+        "n_layers": ev.n_layers,
+        "params_m": ev.params / 1e6,
+        "rtf": ev.rtf,
+        "speedup": speed,
+        "wer_delta": wer - baseline["wer"],
+        "sim_delta": ev.sim - baseline["sim"],
+        "peak_mem_mb": ev.peak_mem_mb,
+    }
+
+
+# ---------------------------------------------------------------- 3. layer plans
+
+
+def drop_counts(cfg: Config, n_layers: int) -> list[int]:
+    """Layers to remove for each prune.ratio (optuna: every count between the smallest and largest)."""
+    counts = sorted({round(r * n_layers) for r in cfg.prune.ratio})
+    if cfg.sweep.search == "optuna":
+        counts = list(range(counts[0], counts[-1] + 1))
+    bad = [k for k in counts if not 1 <= k < n_layers]
+    if bad:
+        raise ConfigError(
+            f"prune.ratio={cfg.prune.ratio} asks to remove {bad} of {n_layers} layers; "
+            f"use ratios that remove between 1 and {n_layers - 1}"
+        )
+    return counts
+
+
+def plan_name(scorer: str, strategy: str, n_drop: int) -> str:
+    return f"{scorer}/{strategy}/{n_drop}"
+
+
+def plan_keys(cfg: Config, n_layers: int) -> list[tuple[str, str, int]]:
+    """(scorer, strategy, n_drop) of every student the config asks for (space `selected`)."""
+    if cfg.sweep.space != "selected":
+        return []
+    return [(s, st, k) for s in cfg.prune.scorer for st in cfg.prune.strategy for k in drop_counts(cfg, n_layers)]
+
+
+def wer_without_task(cfg: Config, teacher: TeacherInfo, layers: list[int]) -> float:
+    from orchestrator.builders import scoring_context
+    from orchestrator.prune.importance import wer_without
+
+    world, model = world_and_teacher(cfg, teacher)
+    return wer_without(model, scoring_context(cfg, world, 1), layers)
+
+
+def choose_task(cfg: Config, teacher: TeacherInfo, scorer: str, strategy: str, n_drop: int) -> dict:
+    from orchestrator.builders import scoring_context
+    from orchestrator.prune.select import choose_layers
+
+    world, model = world_and_teacher(cfg, teacher)
+    drop, scores = choose_layers(strategy, scorer, model, scoring_context(cfg, world, n_drop), n_drop)
+    return {"drop": drop, "scores": dataclasses.asdict(scores)}
+
+
+def dev_wer_task(cfg: Config, teacher: TeacherInfo, drop: list[int]) -> float:
+    """The pruned-only student's WER on the dev items (how prune.scorer=best compares scorers)."""
+    from orchestrator.evaluate.synthesis import evaluate_model
+    from orchestrator.prune.surgery import layers_removed
+
+    world, model = world_and_teacher(cfg, teacher)
+    with layers_removed(model, drop):
+        return evaluate_model(model, world, world.dev_items[: cfg.score.n_items], cfg.evaluate).wer
+
+
+def _compute_plans(cfg: Config, teacher: TeacherInfo, keys, executor: Executor, log) -> dict:
+    from orchestrator.prune.importance import wli_from_wers
+    from orchestrator.prune.select import contiguous, lowest
+
+    n = teacher.n_layers
+    wanted = sorted(
+        {(s, st, k) for scorer, st, k in keys for s in (cfg.score.scorers if scorer == "best" else [scorer])}
+    )
+    chosen: dict[tuple, dict] = {}
+    if any(s == "wli" and st != "iterative" for s, st, _ in wanted):  # WLI: one task per layer, shared
+        log(f"      wli: {n + 1} syntheses of the dev set")
+        wers = executor.map(wer_without_task, [(cfg, teacher, layers) for layers in [[]] + [[i] for i in range(n)]])
+        wli = wli_from_wers(wers[0], wers[1:], cfg.score.n_items)
+        for s, st, k in wanted:
+            if s == "wli" and st != "iterative":
+                chosen[(s, st, k)] = {
+                    "drop": (lowest if st == "lowest" else contiguous)(wli, k),
+                    "scores": dataclasses.asdict(wli),
+                }
+    rest = [key for key in wanted if key not in chosen]
+    chosen.update(zip(rest, executor.map(choose_task, [(cfg, teacher, *key) for key in rest])))
+    plans = {}
+    for scorer, st, k in keys:
+        if scorer != "best":
+            plans[plan_name(scorer, st, k)] = {**chosen[(scorer, st, k)], "scorer": scorer}
+            continue
+        candidates = {s: chosen[(s, st, k)] for s in cfg.score.scorers}
+        drops = sorted({tuple(c["drop"]) for c in candidates.values()})  # scorers that agree share an evaluation
+        log(f"      best of {len(candidates)} scorers at {n - k} layers: {len(drops)} pruned-only dev evaluations")
+        dev = dict(zip(drops, executor.map(dev_wer_task, [(cfg, teacher, list(d)) for d in drops])))
+        winner = min(cfg.score.scorers, key=lambda s: (dev[tuple(candidates[s]["drop"])], cfg.score.scorers.index(s)))
+        plans[plan_name(scorer, st, k)] = {
+            **candidates[winner],
+            "scorer": winner,
+            "dev_wer": {s: 100 * dev[tuple(c["drop"])] for s, c in candidates.items()},
+            "candidates": {s: c["scores"] for s, c in candidates.items()},
+        }
+    return plans
+
+
+def plans_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict[str, dict]:
+    """Each (scorer, strategy, n_drop) of the config -> {"drop", "scorer", "scores", ...}; once per teacher."""
+    keys = plan_keys(cfg, teacher.n_layers)
+    if not keys:
+        return {}
+    fingerprint = {
+        "teacher": teacher.digest,
+        "world": world_fingerprint(cfg),
+        "score": cfg.score.model_dump(),
+        "evaluate": cfg.evaluate.model_dump(),
+        "keys": keys,
+        "code": code_digest(),
+    }
+    return cached_stage(state_dir, "plans", fingerprint, lambda: _compute_plans(cfg, teacher, keys, executor, log), log)
+
+
+def scores_by_scorer(plans: dict[str, dict]) -> dict:
+    """scorer -> (LayerScores, the layers its first plan drops), for the importance profile."""
+    from orchestrator.prune.importance import LayerScores
+
+    out: dict = {}
+    for plan in plans.values():
+        for scorer, scores in plan.get("candidates", {plan["scorer"]: plan["scores"]}).items():
+            if scorer not in out:
+                drop = plan["drop"] if scorer == plan["scorer"] else []
+                out[scorer] = (LayerScores(**scores), drop)
+    return out
+
+
+# ---------------------------------------------------------------- 4. data budget and teacher cache
+
+
+def budget_stage(cfg: Config, teacher: TeacherInfo):
+    """The distillation data every student gets (refuses a budget smaller than one batch)."""
+    from orchestrator.builders import build_world
+    from orchestrator.recipes.distill import plan_budget
+
+    return plan_budget(cfg, build_world(cfg), teacher.train_tokens)
+
+
+def build_cache_task(cfg: Config, teacher: TeacherInfo, directory: str, key: dict, with_hidden: bool) -> str:
+    from orchestrator.distill.teacher_cache import build_teacher_cache
+
+    world, model = world_and_teacher(cfg, teacher)
+    pairs = [world.train_pairs[i] for i in range(key["pairs"])]
+    return str(build_teacher_cache(model, world.family, pairs, directory, key, with_hidden))
+
+
+def teacher_cache_stage(
+    cfg: Config, teacher: TeacherInfo, budget, executor: Executor, directory: Path, log=print
+) -> str | None:
+    """The teacher's outputs on the distillation pairs, once for every student (None: not asked
+    for, or an attention term, which the cache does not hold)."""
+    from orchestrator.builders import build_world
+    from orchestrator.distill.loop import loss_spec
+
+    spec = loss_spec(cfg.distill, build_world(cfg).family.speech_ids)
+    if not cfg.distill.teacher_cache or spec.needs_attention:
+        return None
+    key = {
+        "teacher_digest": teacher.digest,
+        "teacher_tokens": teacher.train_tokens,
+        "pairs": budget.pairs,
+        "with_hidden": spec.needs_hidden,
+        "world": world_fingerprint(cfg),
+    }
+    log(f"      teacher outputs on {budget.pairs} pairs (once for every student)")
+    return executor.map(build_cache_task, [(cfg, teacher, str(directory / digest(key)), key, spec.needs_hidden)])[0]
+
+
+# ---------------------------------------------------------------- 5. students
+
+
+def student_fingerprint(cfg: Config, teacher: TeacherInfo, drop: Sequence[int]) -> dict:
+    """Everything a distilled student depends on (not the number of workers: the global batch is fixed)."""
+    return {
+        "teacher": teacher.digest,
+        "world": world_fingerprint(cfg),
+        "drop": sorted(drop),
+        "distill": cfg.distill.model_dump(exclude={"teacher_cache"}),
+        "code": code_digest(),
+    }
+
+
+def student_dir(root: Path, drop: Sequence[int], fingerprint: dict) -> Path:
+    """students/drop-1-3-<fingerprint>: other settings never land in the same place."""
+    return root / f"drop-{'-'.join(map(str, sorted(drop)))}-{digest(fingerprint, 8)}"
+
+
+def evaluate_student(cfg: Config, world, teacher_model, student, baseline: dict) -> tuple[dict, list[dict]]:
+    """A student's metrics against the teacher's baseline (test list; speed-up measured here)."""
+    from orchestrator.evaluate.synthesis import evaluate_model, speedup
+
+    test = world.test_items[: cfg.evaluate.n_items]
+    ev = evaluate_model(student, world, test, cfg.evaluate)
+    speed = speedup(teacher_model, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
+    return quality_metrics(ev, speed, baseline), ev.items
+
+
+# ---------------------------------------------------------------- 6. trade-off
+
+
+ROW_METRICS = ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "loss")
+
+
+def trial_row(trial_id: str, plan: Plan, n_layers: int, status: str, metrics: dict, error: str = "") -> dict:
+    label = "-".join(map(str, plan.drop))
+    row = {
+        "trial_id": trial_id,
+        "dropped_layers": label,
+        "scorer": plan.scorer,
+        "strategy": plan.strategy,
+        "status": status,
+        "label": label,
+        "error": error,
+    }
+    row.update({k: metrics.get(k, float("nan")) for k in ROW_METRICS})
+    row["time_s"] = metrics.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
+    if status != "ok":
+        row["n_layers"] = n_layers - len(plan.drop)
+    return row
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (-r["n_layers"], r["wer"] if r["status"] == "ok" else math.inf))
+
+
+def tradeoff_stage(rows: list[dict], baseline: dict, out: Path) -> dict[str, Path]:
+    """trials.csv (every student), pareto.json (the undominated ones) and pareto.png."""
+    from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
+    from orchestrator.pipeline.state import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    fields = list(rows[0]) if rows else ["trial_id"]
+
+    class _Lines:  # csv.writer into a string, written atomically afterwards
+        def write(self, s):
+            lines.append(s)
+
+    w = csv.DictWriter(_Lines(), fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    csv_path = atomic_write_text(out / "trials.csv", "".join(lines))
+    done = [r for r in rows if r["status"] == "ok"]
+    png = plot_tradeoff(done, {**baseline, "label": "teacher"}, out / "pareto.png")
+    front = atomic_write_json(out / "pareto.json", pareto_front(done))
+    return {"csv": csv_path, "png": png, "pareto": front}
+
+
+def format_trials(rows: list[dict], baseline: dict) -> str:
+    lines = [
+        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | SIM   | speed-up |",
+        "|--------------------------|--------------------|-------|--------|--------|-------|----------|",
+        f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
+        f"|   0.00 | {baseline['sim']:.3f} |    1.00x |",
+    ]
+    for r in rows:
+        who = f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
+        if r["status"] != "ok":
+            why = "stopped early by the scheduler" if r["status"] == "stopped" else f"failed: {r['error'][:60]}"
+            lines.append(f"{who}| {why}")
+            continue
+        lines.append(f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return atomic_write_json(path, json.loads(json.dumps(data, default=str)))

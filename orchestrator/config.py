@@ -107,7 +107,7 @@ class PruneConfig(Section):
     """Which students to make. One value each for one student; lists make a sweep (every
     ratio x scorer x strategy), run by `prun-tts sweep` on Ray or by `prun-tts demo` in one process."""
 
-    ratio: list[float] = Field([0.5], min_length=1, description="fraction(s) of decoder layers to remove")
+    ratio: list[float] = Field([0.25, 0.5], min_length=1, description="fraction(s) of decoder layers to remove")
     scorer: list[Literal[SCORERS + ("best",)]] = Field(  # type: ignore[valid-type]
         ["best"], min_length=1, description="best: the score.scorers choice whose pruned-only dev WER is lowest"
     )

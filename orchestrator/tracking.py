@@ -152,6 +152,11 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(uri).set_terminated(run_id, status)
 
 
+def set_status(uri: str, run_id: str, status: str) -> None:
+    """A resumed run goes back to RUNNING (finish_run closes it again)."""
+    MlflowClient(uri).update_run(run_id, status=status)
+
+
 def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
     MlflowClient(uri).set_tag(run_id, key, value)
 

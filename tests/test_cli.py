@@ -57,7 +57,7 @@ def test_prune_never_overwrites_an_existing_directory(saved_model, tmp_path, cap
 
 def test_prune_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "nope"), "--drop", "1", "--out", str(tmp_path / "o")]) == 2
-    assert "cannot read its config" in capsys.readouterr().err
+    assert "nope: does not exist" in capsys.readouterr().err
 
 
 def test_train_teacher_records_its_command_and_never_overwrites(tiny_cfg, tmp_path, capsys):

@@ -19,6 +19,7 @@ def sweep_args(tmp_path, *extra):
         f"output_dir={tmp_path / 'runs'}",
         f"sweep.storage_path={tmp_path / 'sweeps'}",
         "sweep.local_cpus=6",
+        "prune.scorer=[wli]",
         "train.report_every=2",
         "distill.data_fraction=0.5",
         "distill.batch_size=4",
@@ -47,8 +48,9 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
     assert (results / "pareto.png").stat().st_size > 5000
     front = json.loads((results / "pareto.json").read_text())
     assert front and all(r["status"] == "ok" for r in front)
-    plans = json.loads((tmp_path / "sweeps" / "mini-sweep" / "plans.json").read_text())
-    assert set(plans) == {"wli/lowest/1", "wli/lowest/2"} and len(plans["wli/lowest/2"]) == 2
+    (state,) = (tmp_path / "sweeps" / "mini-sweep" / "state").glob("plans-*.json")
+    plans = json.loads(state.read_text())["value"]
+    assert set(plans) == {"wli/lowest/1", "wli/lowest/2"} and len(plans["wli/lowest/2"]["drop"]) == 2
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("prun-tts").experiment_id

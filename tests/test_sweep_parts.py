@@ -14,40 +14,63 @@ def cfg_with(*sets):
 
 
 def test_grid_space_of_ratios_scorers_and_strategies():
-    from orchestrator.sweep.space import param_space, plan_keys
+    from orchestrator.pipeline.stages import plan_keys
+    from orchestrator.sweep.space import param_space
 
-    c = cfg_with("sweep.ratio=[0.25, 0.5, 0.5]", "sweep.scorer=[wli, angular]", "sweep.strategy=[lowest, contiguous]")
-    space = param_space(c.sweep, 8)
+    c = cfg_with("prune.ratio=[0.25, 0.5, 0.5]", "prune.scorer=[wli, angular]", "prune.strategy=[lowest, contiguous]")
+    space = param_space(c, 8)
     assert space["n_drop"] == {"grid_search": [2, 4]}  # duplicate ratios give one count
     assert space["scorer"] == {"grid_search": ["wli", "angular"]}
-    assert len(plan_keys(c.sweep, 8)) == 2 * 2 * 2
+    assert len(plan_keys(c, 8)) == 2 * 2 * 2
+
+
+def test_one_prune_value_is_a_one_element_list_and_the_sweep_reads_prune():
+    from orchestrator.pipeline.stages import plan_keys
+    from orchestrator.sweep.space import param_space
+
+    c = cfg_with("prune.ratio=0.5", "prune.scorer=block_influence", "prune.strategy=contiguous")
+    assert (c.prune.ratio, c.prune.scorer, c.prune.strategy) == ([0.5], ["block_influence"], ["contiguous"])
+    assert plan_keys(c, 8) == [("block_influence", "contiguous", 4)]
+    assert param_space(c, 8)["strategy"] == {"grid_search": ["contiguous"]}
+
+
+@pytest.mark.parametrize("field", ["ratio", "scorer", "strategy"])
+def test_the_old_sweep_lists_are_refused_pointing_at_prune(field):
+    with pytest.raises(ConfigError, match=f"sweep.{field} moved to prune.{field}"):
+        cfg_with(f"sweep.{field}=[wli]")
 
 
 def test_optuna_space_covers_every_depth_in_the_ratio_range():
-    from orchestrator.sweep.space import drop_counts, param_space
+    from orchestrator.pipeline.stages import drop_counts
+    from orchestrator.sweep.space import param_space
 
-    c = cfg_with("sweep.search=optuna", "sweep.ratio=[0.25, 0.75]")
-    assert drop_counts(c.sweep, 8) == [2, 3, 4, 5, 6]
-    space = param_space(c.sweep, 8)
+    c = cfg_with("sweep.search=optuna", "prune.ratio=[0.25, 0.75]")
+    assert drop_counts(c, 8) == [2, 3, 4, 5, 6]
+    space = param_space(c, 8)
     assert set(space["n_drop"].categories) == {2, 3, 4, 5, 6}
 
 
 def test_blocks_grid_lists_every_contiguous_block():
     from orchestrator.sweep.space import param_space
 
-    c = cfg_with("sweep.space=blocks", "sweep.ratio=[0.5]")
-    sets = param_space(c.sweep, 6)["layer_set"]["grid_search"]
+    c = cfg_with("sweep.space=blocks", "prune.ratio=[0.5]")
+    sets = param_space(c, 6)["layer_set"]["grid_search"]
     assert sets == ["0-1-2", "1-2-3", "2-3-4", "3-4-5"]
-    optuna = param_space(cfg_with("sweep.space=blocks", "sweep.search=optuna", "sweep.ratio=[0.3, 0.5]").sweep, 6)
+    optuna = param_space(cfg_with("sweep.space=blocks", "sweep.search=optuna", "prune.ratio=[0.3, 0.5]"), 6)
     assert optuna["layer_set"].categories == ["0-1", "1-2", "2-3", "3-4", "4-5", "0-1-2", "1-2-3", "2-3-4", "3-4-5"]
 
 
-def test_trial_choice_decodes_each_kind_of_trial():
-    from orchestrator.sweep.space import trial_choice
+def test_trial_plan_decodes_each_kind_of_trial():
+    from orchestrator.pipeline.stages import Plan
+    from orchestrator.sweep.space import trial_plan
 
-    plans = {"wli/lowest/2": [3, 5]}
-    assert trial_choice({"n_drop": 2, "scorer": "wli", "strategy": "lowest"}, plans, 8) == ([3, 5], "wli", "lowest")
-    assert trial_choice({"layer_set": "7-2-4"}, plans, 8) == ([2, 4, 7], "manual", "manual")
+    plans = {"wli/lowest/2": {"drop": [3, 5], "scorer": "wli"}, "best/lowest/2": {"drop": [1, 2], "scorer": "angular"}}
+    assert trial_plan({"n_drop": 2, "scorer": "wli", "strategy": "lowest"}, plans) == Plan(
+        "wli/lowest/2", (3, 5), "wli", "lowest"
+    )
+    best = trial_plan({"n_drop": 2, "scorer": "best", "strategy": "lowest"}, plans)
+    assert best.drop == (1, 2) and best.scorer == "angular"  # the scorer that won, not "best"
+    assert trial_plan({"layer_set": "7-2-4"}, plans) == Plan("manual", (2, 4, 7), "manual", "manual")
 
 
 @pytest.mark.parametrize(
@@ -57,8 +80,8 @@ def test_trial_choice_decodes_each_kind_of_trial():
         (["sweep.space=layer_sets", "sweep.layer_sets=['0-1-2-3-4-5-6-7']"], "would remove all 8"),
         (["sweep.space=layer_sets", "sweep.layer_sets=['2,3']"], "joined by '-'"),
         (["sweep.space=layer_sets"], "layer_sets is empty"),
-        (["sweep.ratio=[0.01]"], "between 1 and 7"),
-        (["sweep.scorer=[wlii]"], "allowed values"),
+        (["prune.ratio=[0.01]"], "between 1 and 7"),
+        (["prune.scorer=[wlii]"], "allowed values"),
         (["sweep.search=optuna", "sweep.scheduler=asha"], "multi-objective"),
     ],
 )
@@ -66,7 +89,7 @@ def test_bad_sweeps_are_refused_with_what_to_change(sets, message):
     from orchestrator.sweep.space import param_space
 
     with pytest.raises(ConfigError, match=message):
-        param_space(cfg_with(*sets).sweep, 8)
+        param_space(cfg_with(*sets), 8)
 
 
 def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():

@@ -381,7 +381,8 @@ def sort_rows(rows: list[dict]) -> list[dict]:
 
 
 def tradeoff_stage(rows: list[dict], baseline: dict, out: Path) -> dict[str, Path]:
-    """trials.csv (every student), pareto.json (the undominated ones) and pareto.png."""
+    """trials.csv (every student), baseline.json (the teacher), pareto.json (the undominated
+    students) and pareto.png."""
     from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
     from orchestrator.pipeline.state import atomic_write_text
 
@@ -400,7 +401,8 @@ def tradeoff_stage(rows: list[dict], baseline: dict, out: Path) -> dict[str, Pat
     done = [r for r in rows if r["status"] == "ok"]
     png = plot_tradeoff(done, {**baseline, "label": "teacher"}, out / "pareto.png")
     front = atomic_write_json(out / "pareto.json", pareto_front(done))
-    return {"csv": csv_path, "png": png, "pareto": front}
+    teacher = atomic_write_json(out / "baseline.json", baseline)
+    return {"csv": csv_path, "baseline": teacher, "png": png, "pareto": front}
 
 
 def format_trials(rows: list[dict], baseline: dict) -> str:

@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "quiet", False):  # no bars at all, transformers' own (saving, loading) included
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     try:
         if args.command == "prune":
             return cmd_prune(args)

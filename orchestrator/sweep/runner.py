@@ -339,6 +339,9 @@ def _log_plans(uri: str, sweep_run: _SweepRun, plans: dict, out: Path, log) -> N
 def _tune(
     cfg: Config, base: Path, payload: SweepPayload, space: dict, concurrency: int, steps: int, progress: bool, log
 ):
+    # Ctrl-C raises KeyboardInterrupt out of fit() (Tune's own handler would end the experiment
+    # quietly and fit() would return the unfinished trials as if they were results)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=payload), {"CPU": cfg.train.driver_cpus})
     tune_dir = base / "tune"
     if tune.Tuner.can_restore(str(tune_dir)):

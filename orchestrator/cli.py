@@ -286,10 +286,11 @@ def cmd_evaluate(cfg: Config, args) -> int:
 
 
 def cmd_shards(cfg: Config, args) -> int:
-    from orchestrator.distributed.shards import build_shards
+    from orchestrator.distributed.shards import build_shards, plan_shards
 
+    plan = plan_shards(cfg)  # a bad manifest or shard folder is refused before Ray starts
     with _ray(args):
-        build_shards(cfg)
+        build_shards(cfg, plan)
     return 0
 
 

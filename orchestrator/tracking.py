@@ -119,8 +119,9 @@ def _send(uri: str, run_id: str, rows: list[Metric]) -> None:
 
 
 class CurveLogger:
-    """Training curves of a run, buffered and sent in batches: a lost batch (a busy
-    server, a locked sqlite file) is reported as a warning, never fatal to training."""
+    """Training curves of a run, buffered and sent in batches. A batch the server does not take
+    (down, busy, a locked sqlite file; MLflow's client has already retried for minutes) stays in
+    the buffer and goes with the next flush: a warning, never fatal to training, nothing sent twice."""
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
@@ -130,13 +131,17 @@ class CurveLogger:
         self.rows += _metric_rows(metrics, step)
 
     def flush(self) -> None:
-        rows, self.rows = self.rows, []
-        try:
-            _send(self.uri, self.run_id, rows)
-        except Exception as e:  # noqa: BLE001 (any tracking failure)
-            warnings.warn(
-                f"MLflow: {len(rows)} training-curve points not logged to run {self.run_id}: {e}", stacklevel=2
-            )
+        while self.rows:
+            try:
+                MlflowClient(self.uri).log_batch(self.run_id, metrics=self.rows[:900])  # MLflow's limit: 1000
+            except Exception as e:  # noqa: BLE001 (any tracking failure)
+                warnings.warn(
+                    f"MLflow: {len(self.rows)} training-curve points of run {self.run_id} not logged yet "
+                    f"(kept for the next report): {e}",
+                    stacklevel=2,
+                )
+                return
+            del self.rows[:900]
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

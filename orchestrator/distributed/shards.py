@@ -8,6 +8,7 @@ shard folder must be one every node of the cluster can read.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +42,17 @@ class _Encoder:
         return out
 
 
-def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
-    """Encode `world.real.train_manifest` into `world.real.shards`; returns the shard folder."""
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    rows: list
+    out: Path
+    codec: str
+    digest: str
+    done: bool  # the folder already holds these shards
+
+
+def plan_shards(cfg: Config) -> ShardPlan:
+    """Every check of `build_shards` (manifest lines, shard folder, codec), before Ray starts."""
     r = cfg.world.real
     if not r.train_manifest:
         raise ConfigError("world.real.train_manifest is not set: give the JSONL manifest of the training recordings")
@@ -52,8 +62,7 @@ def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
     digest = manifest_digest(rows, f"{codec}|{r.shard_size}")  # a new shard size never mixes with old shards
     index = read_index(out)
     if index and index["digest"] == digest:
-        log(f"shards: {out} already holds these {len(rows)} utterances ({index['shards']} shards)")
-        return out
+        return ShardPlan(rows, out, codec, digest, True)
     if index:  # finished shards of another manifest or codec: never mixed with these
         raise ConfigError(f"world.real.shards: {out} holds shards of another manifest or codec; choose a new folder")
     marker = out / "digest"
@@ -62,6 +71,18 @@ def build_shards(cfg: Config, log: Callable[[str], None] = print) -> Path:
             f"world.real.shards: {out} is not empty and not a shard folder of this manifest; choose a new folder"
         )
     check_speech_encoder(cfg)  # a missing codec is named here, not in a Ray actor's traceback
+    return ShardPlan(rows, out, codec, digest, False)
+
+
+def build_shards(cfg: Config, plan: ShardPlan | None = None, log: Callable[[str], None] = print) -> Path:
+    """Encode `world.real.train_manifest` into `world.real.shards`; returns the shard folder."""
+    r = cfg.world.real
+    plan = plan or plan_shards(cfg)
+    rows, out, codec, digest = plan.rows, plan.out, plan.codec, plan.digest
+    marker = out / "digest"
+    if plan.done:
+        log(f"shards: {out} already holds these {len(rows)} utterances")
+        return out
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(digest)
     n_shards = math.ceil(len(rows) / r.shard_size)

@@ -16,13 +16,12 @@ def route_chatter(log_file: Path, verbose: bool) -> Path | None:
     again after `ray.init`, which resets Ray's logger."""
     if verbose:
         return None
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     if not any(getattr(h, "baseFilename", None) == str(log_file.resolve()) for h in root.handlers):
-        handler = logging.FileHandler(log_file)
+        handler = _FileMadeOnFirstRecord(log_file)
+        handler.setLevel(logging.WARNING)  # their warnings and errors; INFO chatter is not kept
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
     for name in CHATTY:  # their own terminal handlers off: records reach the file through the root logger
         logger = logging.getLogger(name)
         logger.handlers = []
@@ -40,7 +39,20 @@ def _ray_prints_to(log_file: Path) -> None:
     import ray._private.worker as ray_worker
 
     def to_file(data: dict, ignore_prefix: bool = False) -> None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("a") as f:
             f.writelines(f"({data.get('pid', '')}) {line}\n" for line in data.get("lines", []))
 
     ray_worker.print_to_stdstream = to_file
+
+
+class _FileMadeOnFirstRecord(logging.FileHandler):
+    """A log file (and its folder) created by its first record, not before: a command refused
+    after connecting to Ray leaves nothing behind."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()

@@ -51,11 +51,9 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             "tracking.uri / MLFLOW_TRACKING_URI at a running one"
         )
     if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"tracking.uri {uri}: cannot create {db.parent} ({e}); choose a writable path") from None
+        from orchestrator.model_checks import check_output_dir
+
+        check_output_dir(str(Path(uri.removeprefix("sqlite:///")).parent), f"tracking.uri {uri}")  # creates nothing
     elif uri.startswith("file:") or "://" not in uri:
         raise ConfigError(
             f"tracking.uri {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
@@ -64,6 +62,8 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
 
 
 def experiment_id(uri: str, name: str) -> str:
+    if uri.startswith("sqlite:///"):  # the first write of a run: the database's folder is made here
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:

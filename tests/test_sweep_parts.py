@@ -1,6 +1,8 @@
 """The sweep's plain parts: search space, trial layer sets, resources, Pareto front,
 teacher-output cache, and the refusals that happen before Ray starts."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import free_port
@@ -10,7 +12,7 @@ from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
 
 
 def cfg_with(*sets):
-    return load_config("configs/mini.yaml", list(sets))
+    return load_config(Path(__file__).resolve().parents[1] / "configs/mini.yaml", list(sets))
 
 
 def test_grid_space_of_ratios_scorers_and_strategies():
@@ -188,3 +190,16 @@ def test_asha_gets_its_own_metric():
     tc = _tune_config(cfg_with("sweep.scheduler=asha", "sweep.asha_metric=loss", "sweep.asha_grace=3"), 1, reports=37)
     assert tc.metric is None and tc.scheduler._metric == "loss" and tc.scheduler._brackets[0]._rungs[-1][0] == 3
     assert tc.scheduler._max_t == 38  # never at or past the final report (it carries the evaluation)
+
+
+def test_relative_paths_resolve_under_home_inside_a_ray_job_else_against_the_working_directory(monkeypatch, tmp_path):
+    from orchestrator.sweep.runner import JOB_ENV, resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(JOB_ENV, raising=False)
+    cfg = resolve_paths(cfg_with("sweep.storage_path=runs/sweeps", "output_dir=/abs/runs"))
+    assert cfg.sweep.storage_path == str(tmp_path / "runs/sweeps") and cfg.output_dir == "/abs/runs"
+    monkeypatch.setenv(JOB_ENV, "{}")  # inside `ray job submit`: the working directory is deleted afterwards
+    cfg = resolve_paths(cfg_with("sweep.storage_path=runs/sweeps", "output_dir=/abs/runs"))
+    assert cfg.sweep.storage_path == str(tmp_path / "home/prun-tts/runs/sweeps") and cfg.output_dir == "/abs/runs"

@@ -94,7 +94,7 @@ def test_shipped_teacher_matches_its_config_and_speaks():
     assert meta is not None, f"{path} has no prun_tts_teacher.json: run `make teacher`"
     assert meta["digest"] == teacher_digest(cfg)
     assert meta["teacher"]["seed"] == cfg.world.teacher.seed and meta["command"].startswith("prun-tts train-teacher")
-    assert find_teacher(cfg) == path
+    assert find_teacher(cfg) == path.resolve()
     world = build_world(cfg)
     model = load_model(world, path, torch.device("cpu"))
     t = cfg.world.teacher

@@ -1,0 +1,412 @@
+"""`prun-tts sweep` under faults, on real processes: the driver killed (SIGKILL) mid-trial and
+the same command run again; a trial whose Train workers die; the MLflow server stopped
+mid-sweep and started again.
+
+Every sweep is the `prun-tts` command in a subprocess leading its own session, on a private
+local Ray. The tests stop only what they started: the command's process group, then whatever
+else is left of its session (Ray's workers lead process groups of their own, in the same
+session). Ray's session files go to a short directory of each test's own (RAY_TMPDIR).
+"""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import TINY_WORLD, free_port
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NAME = "mini-sweep"
+# 8 distillation pairs in batches of 4 = 2 steps an epoch: 12 steps, a checkpoint every 2
+DISTILL = ["distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=6", "train.report_every=2"]
+STEPS = 12
+
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------ processes this module starts
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+class Session:
+    """A command started in a session of its own; `stop` ends the session's processes, only those."""
+
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log = log
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def members(self) -> list[psutil.Process]:
+        return [p for p in psutil.process_iter() if _sid(p.pid) == self.proc.pid]
+
+    def stop(self, sig=signal.SIGKILL, grace: float = 20) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # first, then the look for the rest: a kill -9 lands at once
+        except ProcessLookupError:
+            pass
+        members = self.members()
+        _, alive = psutil.wait_procs(members, timeout=0 if sig == signal.SIGKILL else grace)
+        for p in alive + self.members():  # Ray's workers, in process groups of their own
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        psutil.wait_procs(self.members(), timeout=10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"{self.log} did not finish in {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, n: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture
+def started(tmp_path):
+    """Start sessions; each is stopped at the end (a finished one has nothing left to stop)."""
+    sessions: list[Session] = []
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sf-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PRUN_TTS_CACHE": str(tmp_path / "cache"),
+        "RAY_TMPDIR": str(ray_tmp),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+
+    def start(args: list[str], log: Path) -> Session:
+        s = Session(args, env, log)
+        sessions.append(s)
+        return s
+
+    try:
+        yield start
+    finally:
+        for s in reversed(sessions):
+            s.stop(signal.SIGTERM)
+        leftovers = [p for s in sessions for p in s.members()]
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        assert not leftovers, f"processes of the tests' sessions still alive: {leftovers}"
+
+
+def sweep_cmd(root: Path, *extra: str) -> list[str]:
+    sets = TINY_WORLD + [
+        f"world.teacher.path={root / 'no-teacher'}",
+        f"output_dir={root / 'runs'}",
+        f"sweep.storage_path={root / 'sweeps'}",
+        "prune.scorer=[wli]",
+        "distill.ema=0.9",
+        "distill.teacher_cache=true",
+        *DISTILL,
+        *extra,
+    ]
+    args = [str(BIN / "prun-tts"), "sweep", "--config", "configs/mini.yaml"]  # no --quiet: one line per report
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def wait_until(check, timeout: float, what: str, session: Session | None = None, every: float = 0.05):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = check()
+        if value:
+            return value
+        if session is not None and session.proc.poll() is not None:
+            pytest.fail(f"the sweep ended (rc {session.proc.returncode}) before {what}:\n{session.tail()}")
+        time.sleep(every)
+    pytest.fail(f"{what}: not within {timeout:.0f} s" + (f"\n{session.tail()}" if session else ""))
+
+
+# ------------------------------------------------------------------ what a sweep leaves
+
+
+def latest_checkpoints(base: Path) -> dict[str, dict]:
+    """train-<trial id> -> the metrics of its Train run's latest checkpoint (registered and on disk)."""
+    out = {}
+    for run in sorted((base / "train").glob("train-*")):
+        try:
+            latest = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not written yet, or being written
+        if latest and (run / latest["checkpoint_dir_name"]).is_dir():
+            out[run.name] = {**latest["metrics"], "dir": latest["checkpoint_dir_name"]}
+    return out
+
+
+def trial_rows(base: Path) -> dict[str, dict]:
+    """trials.csv by dropped layers."""
+    with (base / "results" / "trials.csv").open() as f:
+        return {r["dropped_layers"]: r for r in csv.DictReader(f)}
+
+
+def runs_by_role(client: MlflowClient) -> dict[str, list]:
+    exp = client.get_experiment_by_name("prun-tts").experiment_id
+    out: dict[str, list] = {}
+    for run in client.search_runs([exp], run_view_type=ViewType.ALL, max_results=1000):
+        out.setdefault(run.data.tags.get("prun_tts.role"), []).append(run)
+    return out
+
+
+def curves(client: MlflowClient, trials: list) -> dict[str, list[tuple[int, float]]]:
+    """dropped layers -> the train/loss points (step, value) MLflow holds, in step order."""
+    return {
+        r.data.params["dropped_layers"]: sorted(
+            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss")
+        )
+        for r in trials
+    }
+
+
+def tree(path: Path) -> dict[str, int]:
+    """Every file under `path` -> its modification time (ns)."""
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def steps_reported(base: Path, trial_id: str) -> list[int]:
+    """The steps of a trial's results, in the order Tune recorded them (its progress.csv)."""
+    (trial_dir,) = (base / "tune").glob(f"run_trial_{trial_id}_*")
+    with (trial_dir / "progress.csv").open() as f:
+        return [int(float(r["step"])) for r in csv.DictReader(f)]
+
+
+SAME = ("status", "n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "loss")  # not rtf, speed-up, time
+
+
+# ------------------------------------------------------------------ 1. kill -9 and resume
+
+
+def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
+    """U runs uninterrupted (both trials at once); K runs one trial at a time, its whole process
+    group is SIGKILLed once the first trial has finished and the second has a mid-training
+    checkpoint, and the same command then finishes it. K's figures must be U's, to the digit."""
+    u_root, k_root = tmp_path / "U", tmp_path / "K"
+    u = started(sweep_cmd(u_root, "sweep.local_cpus=5"), tmp_path / "U.log")
+    # K starts once U has the mini teacher in the shared cache (one training of it, no race)
+    wait_until(lambda: "[2/6]" in u.log.read_text(), 600, "U's teacher", u, every=0.5)
+    k_cmd = sweep_cmd(k_root, "sweep.local_cpus=3", "sweep.max_concurrent_trials=1")
+    k = started(k_cmd, tmp_path / "K1.log")
+    k_base = k_root / "sweeps" / NAME
+
+    def first_done_second_midway():
+        ckpts = latest_checkpoints(k_base)
+        done = [t for t, m in ckpts.items() if "wer" in m]
+        midway = [t for t, m in ckpts.items() if "wer" not in m]
+        return (done[0], midway[0]) if done and midway else None
+
+    done, midway = wait_until(first_done_second_midway, 900, "K: a finished trial and one midway", k)
+    k.stop()  # kill -9 of the whole sweep: driver, Ray's head processes, the trial drivers and Train workers
+    killed_at = latest_checkpoints(k_base)
+    assert "wer" not in killed_at[midway], "the second trial finished before the kill: nothing was interrupted"
+    stopped_step = killed_at[midway]["step"]
+    assert 2 <= stopped_step < STEPS
+    done_files = tree(k_base / "train" / done)
+    saved = "TERMINATED" in next((k_base / "tune").glob("experiment_state-*.json")).read_text()
+
+    k2 = started(k_cmd, tmp_path / "K2.log")
+    assert k2.wait(900) == 0, k2.tail()
+    assert "resuming the sweep" in k2.log.read_text()
+    assert u.wait(900) == 0, u.tail()
+
+    # determinism and an exact resume: the same figures, to the last digit
+    u_rows, k_rows = trial_rows(u_root / "sweeps" / NAME), trial_rows(k_base)
+    assert sorted(u_rows) == sorted(k_rows) == ["0", "0-1"]
+    for drop in u_rows:
+        assert {f: k_rows[drop][f] for f in SAME} == {f: u_rows[drop][f] for f in SAME}, drop
+        assert u_rows[drop]["status"] == "ok"
+
+    # the finished trial was not run again; the interrupted one went on from its checkpoint
+    assert sorted(p.name for p in (k_base / "train").iterdir()) == sorted([done, midway])
+    assert tree(k_base / "train" / done) == done_files, (
+        f"the finished trial's Train run was run again (Tune had saved it as finished before the kill: {saved})"
+    )
+    trial_id = midway.removeprefix("train-")
+    steps = steps_reported(k_base, trial_id)
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS, f"steps reported by {trial_id}: {steps}"
+    resumed_log = k2.log.read_text()
+    assert f"trial {done.removeprefix('train-')} started" not in resumed_log
+    assert f"trial {trial_id} step 2/{STEPS}" not in resumed_log  # not trained from the start again
+
+    # MLflow: one sweep run, one baseline run and one run per trial, all closed, none twice
+    u_client = MlflowClient(f"sqlite:///{u_root / 'runs' / 'mlflow.db'}")
+    k_client = MlflowClient(f"sqlite:///{k_root / 'runs' / 'mlflow.db'}")
+    roles = runs_by_role(k_client)
+    assert {r: len(v) for r, v in roles.items()} == {"sweep": 1, "baseline": 1, "trial": 2}
+    assert {r.info.status for v in roles.values() for r in v} == {"FINISHED"}
+    trials = roles["trial"]
+    assert sorted(r.data.tags["prun_tts.trial_id"] for r in trials) == sorted(
+        t.removeprefix("train-") for t in (done, midway)
+    )
+    for r in trials:
+        history = k_client.get_metric_history(r.info.run_id, "wer")
+        assert len(history) == 1, f"{r.data.params['dropped_layers']}: wer logged {len(history)} times"
+    # the training curves are U's, step for step; a step logged twice has the same value
+    k_curves, u_curves = curves(k_client, trials), curves(u_client, runs_by_role(u_client)["trial"])
+    for drop, points in u_curves.items():
+        assert [s for s, _ in points] == list(range(1, STEPS + 1))
+        assert sorted(set(k_curves[drop])) == points, drop
+    resumed = next(r for r in trials if r.data.tags["prun_tts.trial_id"] == trial_id)
+    twice = len(k_curves[resumed.data.params["dropped_layers"]]) - STEPS
+    assert twice == 0, f"{twice} training-curve points of the resumed trial were logged twice"
+
+
+# ------------------------------------------------------------------ 2. a trial that fails
+
+
+def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, started):
+    """Two layer sets, one trial at a time, no Train restarts (train.max_failures=0): the first
+    trial's Train workers are killed (as the OOM killer would); the second trial still runs, the
+    failed one is FAILED in MLflow with its error, "error" in trials.csv, and the command exits 1."""
+    cmd = sweep_cmd(
+        tmp_path,
+        "sweep.space=layer_sets",
+        "sweep.layer_sets=['0','1-2']",
+        "sweep.local_cpus=3",
+        "sweep.max_concurrent_trials=1",
+        "train.max_failures=0",
+    )
+    sweep = started(cmd, tmp_path / "sweep.log")
+    base = tmp_path / "sweeps" / NAME
+
+    def train_workers():
+        return [p for p in sweep.members() if "RayTrainWorker" in " ".join(_cmdline(p))]
+
+    def first_trial_training():  # its first checkpoint is written: its workers are mid-training
+        ckpts = latest_checkpoints(base)
+        return len(ckpts) == 1 and train_workers() and next(iter(ckpts))
+
+    victim = wait_until(first_trial_training, 900, "the first trial's first checkpoint", sweep).removeprefix("train-")
+    workers = train_workers()
+    assert len(workers) == 2, workers
+    for p in workers:
+        p.kill()
+    rc = sweep.wait(900)
+    out = sweep.log.read_text()
+    assert rc == 1, sweep.tail()
+
+    rows = trial_rows(base)
+    assert sorted(rows) == ["0", "1-2"]
+    failed = next(r for r in rows.values() if r["trial_id"] == victim)
+    other = next(r for r in rows.values() if r["trial_id"] != victim)
+    assert other["status"] == "ok" and float(other["wer"]) >= 0, other  # the sweep went on
+    assert failed["status"] == "error" and failed["error"], failed
+    assert f"1 trial(s) failed (dropped layers {failed['dropped_layers']})" in out
+    assert f"trial {victim} FAILED" in out
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    roles = runs_by_role(client)
+    assert {r: len(v) for r, v in roles.items()} == {"sweep": 1, "baseline": 1, "trial": 2}
+    by_trial = {r.data.tags["prun_tts.trial_id"]: r for r in roles["trial"]}
+    assert by_trial[victim].info.status == "FAILED"
+    assert by_trial[victim].data.tags.get("prun_tts.error"), by_trial[victim].data.tags
+    assert by_trial[other["trial_id"]].info.status == "FINISHED"
+    assert "wer" in by_trial[other["trial_id"]].data.metrics
+    assert roles["sweep"][0].info.status == "FINISHED" and roles["baseline"][0].info.status == "FINISHED"
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+# ------------------------------------------------------------------ 3. the MLflow server goes away
+
+
+def mlflow_server(started, tmp_path: Path, port: int, log: Path) -> Session:
+    server = started(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "mlflow-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        log,
+    )
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 180, "the MLflow server", server, every=0.5)
+    return server
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+OUTAGE_S = 20
+
+
+def test_mlflow_server_stopped_mid_sweep_and_started_again(tmp_path, started):
+    """The MLflow server goes down while a trial trains and comes back OUTAGE_S later: MLflow's
+    client retries (about two minutes of back-off), so the sweep finishes and its runs are whole."""
+    port = free_port()
+    server = mlflow_server(started, tmp_path, port, tmp_path / "mlflow-1.log")
+    cmd = sweep_cmd(
+        tmp_path,
+        "sweep.space=layer_sets",
+        "sweep.layer_sets=['0']",
+        "sweep.local_cpus=3",
+        f"tracking.uri=http://127.0.0.1:{port}",
+    )
+    sweep = started(cmd, tmp_path / "sweep.log")
+    base = tmp_path / "sweeps" / NAME
+    wait_until(lambda: latest_checkpoints(base), 900, "the trial's first checkpoint", sweep)
+    server.stop(signal.SIGTERM)
+    down = time.time()
+    time.sleep(OUTAGE_S)
+    mlflow_server(started, tmp_path, port, tmp_path / "mlflow-2.log")
+    back = time.time()
+    rc = sweep.wait(900)
+    assert rc == 0, sweep.tail()
+    assert (
+        not (base / "ray-and-mlflow.log").is_file() or "not logged" not in (base / "ray-and-mlflow.log").read_text()
+    ), f"curve points lost during the {back - down:.0f} s outage"
+
+    (row,) = trial_rows(base).values()
+    assert row["status"] == "ok", row
+    client = MlflowClient(f"http://127.0.0.1:{port}")
+    roles = runs_by_role(client)
+    assert {r: len(v) for r, v in roles.items()} == {"sweep": 1, "baseline": 1, "trial": 1}
+    assert {r.info.status for v in roles.values() for r in v} == {"FINISHED"}
+    (points,) = curves(client, roles["trial"]).values()
+    assert [s for s, _ in points] == list(range(1, STEPS + 1))
+    assert {"wer", "sim"} <= set(roles["trial"][0].data.metrics)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -30,7 +28,7 @@ from torch import nn
 
 from orchestrator.config import DistillConfig
 from orchestrator.distill import data, losses
-from orchestrator.pipeline.state import StateError
+from orchestrator.pipeline.state import StateError, atomic_write
 
 
 @dataclasses.dataclass
@@ -421,16 +419,7 @@ def save_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | Non
         "rng": _rng_states(),
         "fingerprint": fingerprint,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(blob, f), binary=True)
 
 
 def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | None = None) -> None:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.config import Config, ConfigError
-from orchestrator.pipeline.state import atomic_write_json, cached_stage, digest, file_digest
+from orchestrator.pipeline.state import atomic_write_json, atomic_write_text, cached_stage, digest, file_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,20 +384,13 @@ def tradeoff_stage(rows: list[dict], baseline: dict, out: Path) -> dict[str, Pat
     """trials.csv (every student), baseline.json (the teacher), pareto.json (the undominated
     students) and pareto.png."""
     from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
-    from orchestrator.pipeline.state import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-    fields = list(rows[0]) if rows else ["trial_id"]
-
-    class _Lines:  # csv.writer into a string, written atomically afterwards
-        def write(self, s):
-            lines.append(s)
-
-    w = csv.DictWriter(_Lines(), fieldnames=fields, lineterminator="\n")
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    csv_path = atomic_write_text(out / "trials.csv", "".join(lines))
+    csv_path = atomic_write_text(out / "trials.csv", text.getvalue())
     done = [r for r in rows if r["status"] == "ok"]
     png = plot_tradeoff(done, {**baseline, "label": "teacher"}, out / "pareto.png")
     front = atomic_write_json(out / "pareto.json", pareto_front(done))
@@ -420,7 +413,3 @@ def format_trials(rows: list[dict], baseline: dict) -> str:
             continue
         lines.append(f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |")
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    return atomic_write_json(path, json.loads(json.dumps(data, default=str)))

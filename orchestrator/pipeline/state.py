@@ -44,14 +44,14 @@ def file_digest(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` all or nothing: a temp file beside it, fsync, rename."""
+def atomic_write(path: str | Path, write, binary: bool = False) -> Path:
+    """`write(file)` into `path` all or nothing: a temp file beside it, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +59,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator.config import Config
 from orchestrator.pipeline import stages
-from orchestrator.pipeline.state import cached_stage
+from orchestrator.pipeline.state import atomic_write_json, cached_stage
 
 
 def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
@@ -93,7 +93,7 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
             "compute_fraction": budget.tokens / teacher.train_tokens,
         },
     }
-    stages.write_json(out / "demo.json", summary)
+    atomic_write_json(out / "demo.json", summary)
     log(f"results: {out / 'demo.json'}, {files['csv']}, {files['png']}")
     return summary
 
@@ -130,7 +130,7 @@ def student_stage(
         source = TeacherCache(cache, model) if cache else None
         student, _ = distill(cfg, world, model, teacher.train_tokens, plan.drop, where, progress, fingerprint, source)
         metrics, items = stages.evaluate_student(cfg, world, model, student, baseline)
-        stages.write_json(where / "evaluation.json", {**metrics, "items": items})
+        atomic_write_json(where / "evaluation.json", {**metrics, "items": items})
         return metrics
 
     state = out / "state"

@@ -121,14 +121,18 @@ def _send(uri: str, run_id: str, rows: list[Metric]) -> None:
 class CurveLogger:
     """Training curves of a run, buffered and sent in batches. A batch the server does not take
     (down, busy, a locked sqlite file; MLflow's client has already retried for minutes) stays in
-    the buffer and goes with the next flush: a warning, never fatal to training, nothing sent twice."""
+    the buffer and goes with the next flush: a warning, never fatal to training, nothing sent twice.
+    A resumed trial replays the steps between its last checkpoint and the crash (to the same values:
+    training is deterministic per step); the points the run already holds are not sent again."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, prefix: str = "train/"):
         self.uri, self.run_id = uri, run_id
         self.rows: list[Metric] = []
+        self.logged_through = _last_step(uri, run_id, prefix)
 
     def add(self, metrics: dict, step: int) -> None:
-        self.rows += _metric_rows(metrics, step)
+        if step > self.logged_through:
+            self.rows += _metric_rows(metrics, step)
 
     def flush(self) -> None:
         while self.rows:
@@ -142,6 +146,19 @@ class CurveLogger:
                 )
                 return
             del self.rows[:900]
+
+
+def _last_step(uri: str, run_id: str, prefix: str) -> int:
+    """The highest step of any `prefix` curve the run holds (0: none, or the server cannot say)."""
+    try:
+        client = MlflowClient(uri)
+        keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(prefix)]
+        return max((m.step for k in keys for m in client.get_metric_history(run_id, k)), default=0)
+    except Exception as e:  # noqa: BLE001 (a server that is down: worst case, points replayed twice)
+        warnings.warn(
+            f"MLflow: cannot read run {run_id}'s curves ({e}); a resumed trial may log steps again", stacklevel=3
+        )
+        return 0
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

@@ -129,6 +129,25 @@ def test_tracking_uri_prefers_config_then_environment_then_local_sqlite(monkeypa
     assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
 
 
+def test_a_resumed_trial_does_not_log_the_curve_steps_its_run_already_holds(tmp_path):
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = tracking.start_run(uri, tracking.experiment_id(uri, "e"), "trial", "trial")
+    first = tracking.CurveLogger(uri, run)
+    for step in (1, 2, 3):  # logged, then the trial dies; its checkpoint was at step 2
+        first.add({"train/loss": 10.0 - step, "eval": 1.0}, step)
+    first.flush()
+    again = tracking.CurveLogger(uri, run)
+    for step in (3, 4):  # replayed from the checkpoint
+        again.add({"train/loss": 10.0 - step}, step)
+    again.flush()
+    history = MlflowClient(uri).get_metric_history(run, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0)]
+
+
 def test_pareto_front_keeps_only_undominated_students(tmp_path):
     rows = [
         {"n_layers": 4, "wer": 3.0, "label": "a"},

@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER := $(VENV)/.browser
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium for the report page's browser test (Debian's package; playwright comes with .[test]).
+$(BROWSER): scripts/install-browser.sh $(STAMP)
+	./scripts/install-browser.sh
+	touch $(BROWSER)
+
 # The main job: a Ray Tune sweep (Ray Train per trial, MLflow tracking) on a private local Ray.
 demo: $(STAMP)
 	$(BIN)/prun-tts sweep --config configs/mini.yaml
@@ -31,11 +37,10 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mini/mlflow.db --port 5000
 
 # docs/mlflow-wer-vs-depth.png from the demo's runs (installs Debian chromium + playwright).
-screenshot: $(STAMP)
-	./scripts/install-browser.sh
+screenshot: $(BROWSER)
 	$(BIN)/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -q
 
 # Formatting and lint (ruff, configured in pyproject.toml); CI runs it before the tests.

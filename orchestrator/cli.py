@@ -1,4 +1,4 @@
-"""`prun-tts`: prune | score | distill | evaluate | demo | sweep | shards | train-teacher.
+"""`prun-tts`: prune | score | distill | evaluate | demo | sweep | report | shards | train-teacher.
 
 Bad input (config, layer sets, paths) exits with code 2 and a message saying
 what to change, before any work starts and before anything is written.
@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("shards", help="encode world.real.train_manifest into speech-token shards (Ray Data)")
     )
     sp.add_argument("--address", default=None, help="Ray cluster HOST:PORT (default: $RAY_ADDRESS, else local)")
+    sp = sub.add_parser("report", help="the listening page of finished sweeps or demos: results, figures, audio")
+    sp.add_argument(
+        "--sweep", action="append", default=[], metavar="DIR", help="a sweep's or demo's folder (repeatable)"
+    )
+    sp.add_argument("--run", action="append", default=[], metavar="RUN_ID", help="a sweep's MLflow run (repeatable)")
+    sp.add_argument("--tracking-uri", default=None, help="MLflow server for --run (default: $MLFLOW_TRACKING_URI)")
+    sp.add_argument("--out", default=None, help="folder for the page (default: DIR/report, or ./report-RUN_ID)")
     sp = with_config(sub.add_parser("train-teacher", help="train the mini world's teacher"))
     sp.add_argument("--out", required=True, help="directory for the teacher")
     return p
@@ -92,7 +99,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own usage and `prun-tts <command>: error:`, not the top level's
+        _refuse_unknown(parser, args.command, unknown)
     args.argv = argv
     if getattr(args, "quiet", False):  # no bars at all, transformers' own (saving, loading) included
         import transformers
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prune":
             return cmd_prune(args)
+        if args.command == "report":
+            return cmd_report(args)
         cfg = load_config(args.config, args.overrides)
         check_inputs(cfg, args)
         return COMMANDS[args.command](cfg, args)
@@ -113,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    hint = ""
+    if command == "prune" and any(u.split("=")[0] in ("--config", "--set") for u in unknown):
+        hint = "; prune reads no config: give --model, --drop or --keep, and --out"
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 RESUMES = {  # what the same command does when started again after Ctrl-C
@@ -129,7 +149,7 @@ RESUMES = {  # what the same command does when started again after Ctrl-C
 
 def check_inputs(cfg: Config, args) -> None:
     """Paths the user gave, checked before any work: the teacher, --model, --out, output_dir."""
-    from orchestrator.model_checks import check_model_dir, check_output_dir
+    from orchestrator.model_checks import check_model_dir, check_output_dir, check_tokenizer_dir, check_vocab_size
 
     if cfg.world.name == "mini":
         from orchestrator.mini.teacher import configured_path
@@ -139,8 +159,22 @@ def check_inputs(cfg: Config, args) -> None:
             check_model_dir(str(teacher), "world.teacher.path", "mini")
     else:
         check_model_dir(cfg.world.teacher.path, "world.teacher.path", cfg.world.name)
+        if cfg.world.name == "llasa":  # the world's family is built from the teacher's tokenizer
+            check_tokenizer_dir(cfg.world.teacher.path, "world.teacher.path", "a LLaSA teacher")
+        if getattr(args, "command", None) != "shards":  # every other command reads the lists it names
+            for key in ("dev_list", "test_list"):
+                listed = getattr(cfg.world.real, key)
+                if listed and not Path(listed).is_file():
+                    raise ConfigError(
+                        f"world.real.{key}={listed} does not exist; download the Seed-TTS-eval test sets "
+                        f"(https://github.com/BytedanceSpeech/seed-tts-eval) and set world.real.{key} to a meta.lst"
+                    )
     if getattr(args, "model", None):
         check_model_dir(args.model, "--model", cfg.world.name)
+        if cfg.world.name == "mini":  # the mini family's vocabulary, known without loading anything
+            from orchestrator.builders import build_world
+
+            check_vocab_size(args.model, "--model", build_world(cfg).family.vocab_size, "mini")
     if getattr(args, "out", None):
         check_output_dir(args.out, "--out")
     check_output_dir(cfg.output_dir, "output_dir")
@@ -223,11 +257,12 @@ def _copy_tokenizer(model: str, out: Path) -> None:
 
 def cmd_score(cfg: Config, args) -> int:
     """Every scorer's layer profile, and the layers each (strategy, ratio) of the config removes."""
-    from orchestrator.builders import build_world, load_teacher, pick_device, scoring_context
+    from orchestrator.builders import build_world, load_teacher, pick_device, scoring_context, teacher_layers
     from orchestrator.pipeline.stages import drop_counts
     from orchestrator.prune.surgery import decoder_layers
     from orchestrator.recipes.score import format_table, score_all, write_scores
 
+    drop_counts(cfg, teacher_layers(cfg))  # a ratio that removes no layer (or all) is refused before any work
     world = build_world(cfg)
     teacher, _ = load_teacher(cfg, world, pick_device(cfg), not args.quiet)
     n = len(decoder_layers(teacher))
@@ -244,6 +279,7 @@ def cmd_score(cfg: Config, args) -> int:
 
 def cmd_distill(cfg: Config, args) -> int:
     """One student: --drop/--keep, or the one plan prune.* describes (prune.scorer=best included)."""
+    from orchestrator.builders import teacher_layers
     from orchestrator.pipeline import stages
     from orchestrator.prune.surgery import resolve_keep
     from orchestrator.recipes.distill import distill
@@ -257,11 +293,16 @@ def cmd_distill(cfg: Config, args) -> int:
             "each, e.g. --set prune.ratio=0.5 (`prun-tts demo` makes them all)"
         )
     if args.drop is not None or args.keep is not None:  # refuse a bad set before any work
-        from orchestrator.builders import teacher_layers
-
         n = teacher_layers(cfg)
         kept = resolve_keep(n, args.keep, args.drop)
         drop = tuple(i for i in range(n) if i not in kept)
+        if not drop:
+            raise ConfigError(
+                f"--keep {args.keep} keeps all {n} layers, so it would remove none: nothing to prune; "
+                f"keep fewer, or --drop the layers to remove"
+            )
+    else:
+        stages.plan_keys(cfg, teacher_layers(cfg))  # prune.ratio removing no layer (or all), before any work
     stages.budget_stage(cfg, stages.teacher_for_checks(cfg))  # refused before the teacher is even trained
     teacher = stages.teacher_stage(cfg, not args.quiet)
     if args.drop is None and args.keep is None:
@@ -281,6 +322,8 @@ def cmd_evaluate(cfg: Config, args) -> int:
     model and settings started again skips the items already there) and a JSON summary at the end."""
     from orchestrator.recipes.evaluate import evaluate
 
+    if args.shards > 1:
+        _check_cluster(args)  # before any result or key file is written
     evaluate(cfg, args.model, args.split, args.shards, not args.quiet, cluster=lambda: _ray(args))
     return 0
 
@@ -288,10 +331,26 @@ def cmd_evaluate(cfg: Config, args) -> int:
 def cmd_shards(cfg: Config, args) -> int:
     from orchestrator.distributed.shards import build_shards, plan_shards
 
+    if cfg.world.name == "mini":
+        raise ConfigError(
+            "shards encodes a real world's recordings (world.real.train_manifest); the mini world makes its own "
+            "training data: set world.name=llasa or world.name=cosyvoice2"
+        )
+    _check_cluster(args)
     plan = plan_shards(cfg)  # a bad manifest or shard folder is refused before Ray starts
     with _ray(args):
         build_shards(cfg, plan)
     return 0
+
+
+def _check_cluster(args) -> str | None:
+    """The Ray address of --address or $RAY_ADDRESS (None: a private local Ray), refused if nothing answers."""
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        from orchestrator.sweep.runner import check_address
+
+        check_address(address, setting="--address" if args.address else "RAY_ADDRESS")
+    return address
 
 
 @contextlib.contextmanager
@@ -299,11 +358,7 @@ def _ray(args):
     """The cluster at --address or $RAY_ADDRESS, else a private local Ray stopped afterwards."""
     import ray
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        from orchestrator.sweep.runner import check_address
-
-        check_address(address)
+    address = _check_cluster(args)
     started = not ray.is_initialized()
     if started:
         ray.init(
@@ -339,6 +394,45 @@ def cmd_sweep(cfg: Config, args) -> int:
             file=sys.stderr,
         )
     return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    """The page from results folders (--sweep) and from sweeps' MLflow runs (--run), in that order."""
+    from orchestrator import tracking
+    from orchestrator.report.page import build_report, check_report_dir
+    from orchestrator.report.results import read_results
+
+    if not args.sweep and not args.run:
+        raise ConfigError("give --sweep DIR (a finished sweep's or demo's folder) or --run RUN_ID (its MLflow run)")
+    uri = tracking.tracking_uri(args.tracking_uri) if args.run else None
+    if uri:
+        tracking.check_tracking(uri)
+    from orchestrator.sweep.runner import durable  # in a Ray job, relative paths are under ~/prun-tts
+
+    folders = [durable(d) for d in args.sweep]
+    out = Path(
+        durable(args.out or (str(Path(args.sweep[0]) / "report") if args.sweep else f"report-{args.run[0][:8]}"))
+    )
+    check_report_dir(out)
+    with tempfile.TemporaryDirectory(prefix="prun-tts-report-") as downloads:
+        sources = [read_results(d) for d in folders]  # all read and verified before anything is written
+        for run_id in args.run:
+            sources.append(read_results(_run_results(uri, run_id, Path(downloads) / run_id)))
+        page = build_report(sources, out)
+    print(f"report: {page.resolve()}")
+    return 0
+
+
+def _run_results(uri: str, run_id: str, dest: Path) -> Path:
+    from orchestrator import tracking
+
+    try:
+        return tracking.download_artifacts(uri, run_id, "results", dest)
+    except Exception as e:  # noqa: BLE001 (MLflow raises its own kinds for an unknown run or artifact)
+        raise ConfigError(
+            f"--run {run_id}: cannot read its results from {uri} ({e.__class__.__name__}: {str(e)[:200]}); "
+            "give the id of a finished sweep's run (MLflow UI: the sweep's parent run) and --tracking-uri"
+        ) from None
 
 
 def cmd_train_teacher(cfg: Config, args) -> int:

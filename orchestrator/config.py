@@ -274,6 +274,31 @@ class TrackingConfig(Section):
     )
     experiment: str = "prun-tts"
 
+    @field_validator("experiment")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty; name the MLflow experiment the runs go to, e.g. tracking.experiment=prun-tts")
+        return v
+
+
+class ReportConfig(Section):
+    """The listening page (`prun-tts report`, also the sweep's and the demo's last stage)."""
+
+    n_items: int = Field(8, ge=1, description="test items in the audio table (the same ones for every system)")
+    seed: int = Field(0, description="which test items: a seeded draw, and the bootstrap's seed")
+    chosen: str | None = Field(
+        None,
+        description="the student of the key results, by its dropped layers ('1-2'); default: the smallest "
+        "student, the lowest WER among the smallest",
+    )
+    bootstrap: int = Field(2000, ge=100, description="resamples for the 95% confidence interval of each WER")
+    title: str = "Prun-TTS: pruned and distilled speech models"
+    links: dict[str, str] = Field(
+        default_factory=lambda: {"paper": "https://arxiv.org/abs/2509.20802"},
+        description="shown under the title, name -> URL (add `code:` with your repository's address)",
+    )
+
 
 class Config(Section):
     world: WorldConfig = WorldConfig()
@@ -284,6 +309,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
     output_dir: str = "runs/mini"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -309,6 +335,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"config file {p} is not a text file (not UTF-8: a checkpoint, an image?); "
+                "pass a YAML config with --config"
+            ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
     for item in overrides:
@@ -339,7 +370,9 @@ def _explain(e: ValidationError) -> str:
     for err in e.errors():
         field = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "value_error":  # the validator's own words, without pydantic's "Value error, "
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling against configs/mini.yaml"
         elif err["type"] == "literal_error":
             allowed = err.get("ctx", {}).get("expected", "")

@@ -27,6 +27,8 @@ __all__ = [
     "OutputDirError",
     "check_model_dir",
     "check_output_dir",
+    "check_tokenizer_dir",
+    "check_vocab_size",
 ]
 
 FAMILIES = ("any", "mini", "llasa", "cosyvoice2")
@@ -207,6 +209,41 @@ def check_model_dir(path: str, setting: str, family: str = "any") -> None:
         raise refuse(f"config.json is damaged (not a JSON object); re-download it or {_SAVE_HINT}")
     _check_architecture(p, config, family, refuse)
     _check_weights(p, refuse)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # what AutoTokenizer builds one from
+LLASA_VOCAB = 193_800  # Llama 3's 128,256 text tokens, 8 special tokens, 65,536 X-Codec2 codes
+
+
+def check_tokenizer_dir(path: str, setting: str, what: str) -> None:
+    """Refuse (ModelDirError) a model folder without the tokenizer files `what` is built from
+    (a hub id, or a path that is no folder, is left to check_model_dir and the loaders)."""
+    p = Path(path)
+    if not p.is_dir() or any((p / f).is_file() for f in TOKENIZER_FILES):
+        return
+    raise ModelDirError(
+        f"{_named(setting, path)}: holds no tokenizer (no {', '.join(TOKENIZER_FILES)}), and {what} needs one; "
+        "copy the checkpoint's tokenizer files beside config.json or download the whole checkpoint again "
+        "(e.g. `huggingface-cli download HKUSTAudio/Llasa-1B --local-dir DIR`)"
+    )
+
+
+def check_vocab_size(path: str, setting: str, expected: int, world: str) -> None:
+    """Refuse (ModelDirError) a model whose vocabulary (config.json's vocab_size) is not the one of
+    the `world`'s family: a model of another world. Reads config.json only; a hub id passes."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return
+    data = _read_json(config, lambda why: ModelDirError(f"{_named(setting, path)}: {why}"), "config.json")
+    vocab = data.get("vocab_size") if isinstance(data, dict) else None
+    if not isinstance(vocab, int) or vocab == expected:
+        return
+    guess = " (LLaSA's vocabulary: world.name=llasa)" if vocab == LLASA_VOCAB else ""
+    raise ModelDirError(
+        f"{_named(setting, path)}: its vocabulary has {vocab:,} tokens{guess}, the {world} world's has {expected:,}, "
+        f"so it is not a model of the {world} world; set world.name to the world it was made for, or pass "
+        f"a {world}-world model"
+    )
 
 
 def _no_config(p: Path) -> str:

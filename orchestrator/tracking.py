@@ -35,8 +35,9 @@ def tracking_uri(configured: str | None, default_dir: str | Path = "runs") -> st
     return f"sqlite:///{(Path(default_dir) / 'mlflow.db').resolve()}"
 
 
-def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Refuse an unreachable server or an unwritable sqlite location before any work starts."""
+def check_tracking(uri: str, timeout: float = 5.0, setting: str = "tracking.uri") -> None:
+    """Refuse an unreachable server or an unwritable sqlite location before any work starts.
+    `setting`: where the URI came from (`tracking.uri`, or `MLFLOW_TRACKING_URI` in the environment)."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
@@ -46,18 +47,18 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as e:
             reason = str(getattr(e, "reason", e))
         raise ConfigError(
-            f"tracking.uri {uri}: the MLflow server does not answer ({reason}); start it "
+            f"{setting} {uri}: the MLflow server does not answer ({reason}); start it "
             "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000) or point "
             "tracking.uri / MLFLOW_TRACKING_URI at a running one"
         )
     if uri.startswith("sqlite:///"):
         from orchestrator.model_checks import check_output_dir
 
-        check_output_dir(str(Path(uri.removeprefix("sqlite:///")).parent), f"tracking.uri {uri}")  # creates nothing
+        check_output_dir(str(Path(uri.removeprefix("sqlite:///")).parent), f"{setting} {uri}")  # creates nothing
     elif uri.startswith("file:") or "://" not in uri:
         raise ConfigError(
-            f"tracking.uri {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
-            "or an http:// server"
+            f"{setting} {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
+            f"or an http:// server{' (or unset it)' if setting == 'MLFLOW_TRACKING_URI' else ''}"
         )
 
 
@@ -159,6 +160,22 @@ def _last_step(uri: str, run_id: str, prefix: str) -> int:
             f"MLflow: cannot read run {run_id}'s curves ({e}); a resumed trial may log steps again", stacklevel=3
         )
         return 0
+
+
+def curve_rows(uri: str, run_id: str, prefix: str = "train/") -> list[dict]:
+    """A run's training curves as one row per step ({"step": 1, "loss": ...}), `prefix` stripped."""
+    client = MlflowClient(uri)
+    rows: dict[int, dict] = {}
+    for key in (k for k in client.get_run(run_id).data.metrics if k.startswith(prefix)):
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(m.step, {"step": m.step})[key.removeprefix(prefix)] = m.value
+    return [rows[s] for s in sorted(rows)]
+
+
+def download_artifacts(uri: str, run_id: str, path: str, dest: str | Path) -> Path:
+    """A run's artifact folder (or file) `path`, copied under `dest`."""
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dest)))
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

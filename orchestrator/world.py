@@ -31,6 +31,8 @@ class EvalItem:
     prompt_codes: tuple[int, ...]
     target_text: str
     prompt_audio: str = ""  # the recorded prompt (real worlds): the reference for speaker similarity
+    target_audio: str = ""  # the ground-truth recording of the target, where the list has one (report only)
+    target_codes: tuple[int, ...] = ()  # the ground truth as codes (the mini world speaks it; report only)
 
 
 class Family(Protocol):
@@ -101,3 +103,5 @@ class World:
     dev_items: Sequence[EvalItem]
     test_items: Sequence[EvalItem]
     language: str = "en"  # of the texts: WER normalisation, per character for "zh"
+    # codes -> a waveform to listen to (the report page); None: the codec's decode is the audio
+    vocoder: Any = None

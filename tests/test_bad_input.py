@@ -1066,29 +1066,8 @@ def build(w: W, name: str):
 
 
 # Inputs the project does not yet refuse as it should (found by this battery at the stop of 2026-12-03,
-# issue 10): strict, so a case that starts passing must have its entry removed here.
-KNOWN_GAPS = {
-    "config_file_not_text",
-    "evaluate_llasa_model_in_the_mini_world",
-    "evaluate_llasa_teacher_without_tokenizer",
-    "prune_given_a_config",
-    "distill_ratio_removes_no_layer",
-    "score_ratio_removes_no_layer",
-    "demo_ratio_removes_every_layer",
-    "demo_budget_below_one_batch",
-    "distill_budget_below_one_optimizer_step",
-    "sweep_budget_below_one_optimizer_step",
-    "distill_keep_every_layer",
-    "sweep_asha_metric_not_reported",
-    "sweep_tracking_experiment_empty",
-    "evaluate_key_file_truncated",
-    "sweep_ray_address_env_nothing_answers",
-    "sweep_mlflow_env_file_store",
-    "evaluate_shards_address_nothing_answers",
-    "shards_address_nothing_answers",
-    "evaluate_test_list_missing",
-    "shards_in_the_mini_world",
-}
+# issue 10): strict, so a case that starts passing must have its entry removed here. None at present.
+KNOWN_GAPS: set[str] = set()
 GAP = pytest.mark.xfail(strict=True, reason="not yet refused before work with exit 2 (issue 10)")
 
 

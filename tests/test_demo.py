@@ -20,7 +20,7 @@ def test_demo_end_to_end_on_a_reduced_world_then_resumes_from_its_stages(tiny_cf
     args = ["--config", "configs/mini.yaml", "--quiet", *sum((["--set", s] for s in sets), [])]
     assert main(["demo", *args]) == 0
     out = capsys.readouterr().out
-    assert "| teacher" in out and "[6/6] trade-off" in out
+    assert "| teacher" in out and "[6/7] trade-off" in out
     summary = json.loads((runs / "demo.json").read_text())
     assert summary["teacher"]["n_layers"] == 4
     students = summary["students"]

@@ -263,3 +263,33 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
         assert {"student", "evaluation.json"} <= {f["path"] for f in arts.get("files", [])}
     arts = mlflow_api(cluster["mlflow"], f"artifacts/list?run_id={parent}&path=results")
     assert {"results/trials.csv", "results/pareto.png"} <= {f["path"] for f in arts.get("files", [])}
+
+    # the listening page: written by the sweep's last stage and attached to its run, then rebuilt
+    # from the MLflow server alone (in another directory), the same bytes
+    arts = mlflow_api(cluster["mlflow"], f"artifacts/list?run_id={parent}&path=report")
+    assert "report/index.html" in {f["path"] for f in arts.get("files", [])}
+    page = tmp / "page"
+    cmd = [str(BIN / "prun-tts"), "report", "--run", parent, "--tracking-uri", cluster["mlflow"], "--out", str(page)]
+    r = subprocess.run(cmd, env=cluster["env"], cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"report: {page / 'index.html'}" in r.stdout
+
+    def digests(folder: Path) -> dict:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    assert digests(page) == digests(tmp / "sweeps" / "mini-sweep" / "report")
+    (section,) = json.loads((page / "results.json").read_text())["sections"]
+    # every figure on the page is what MLflow holds: the baseline run's and each trial run's metrics
+    for key in ("wer", "sim", "n_layers", "params_m", "peak_mem_mb"):
+        assert section["teacher"][key] == pytest.approx(teacher[key]), key
+    by_layers = {params(run)["dropped_layers"]: metrics(run) for run in by_role["trial"]}
+    assert sorted(s["dropped_layers"] for s in section["students"]) == sorted(by_layers)
+    for s in section["students"]:
+        for key in ("wer", "sim", "n_layers", "params_m", "speedup", "wer_delta", "peak_mem_mb"):
+            assert s[key] == pytest.approx(by_layers[s["dropped_layers"]][key]), key
+    chosen = next(s for s in section["students"] if s["trial_id"] == section["chosen"])
+    k, m = section["key_results"], by_layers[chosen["dropped_layers"]]
+    assert m["n_layers"] == min(x["n_layers"] for x in by_layers.values())
+    assert k["depth_reduction"] == pytest.approx(1 - m["n_layers"] / teacher["n_layers"])
+    assert k["peak_memory_reduction"] == pytest.approx(1 - m["peak_mem_mb"] / teacher["peak_mem_mb"])
+    assert k["wer_delta"] == pytest.approx(m["wer"] - teacher["wer"]) and k["speedup"] == pytest.approx(m["speedup"])

@@ -273,3 +273,13 @@ def test_sweep_on_the_llasa_world(llasa_setup, tmp_path):
     assert 0 <= float(rows[0]["wer"]) and float(rows[0]["speedup"]) > 0 and float(rows[0]["params_m"]) > 0
     baseline = json.loads((tmp_path / "sweeps" / "mini-sweep" / "results" / "baseline.json").read_text())
     assert baseline["n_layers"] == 4
+    # the page plays X-Codec2's own decoding of every model's codes, and the list's prompt recordings
+    page = tmp_path / "sweeps" / "mini-sweep" / "report"
+    (section,) = json.loads((page / "results.json").read_text())["sections"]
+    assert section["audio"]["columns"] == ["teacher", rows[0]["trial_id"]]  # this list has no ground truth
+    for item, files in section["audio"]["audio"].items():
+        for column, path in files.items():
+            wav, rate = sf.read(page / path)
+            assert rate == 16000 and len(wav) > 0, (item, column)
+    html = (page / "index.html").read_text()
+    assert html.count("<audio ") == len(section["audio"]["items"]) * 3  # prompt, teacher, student

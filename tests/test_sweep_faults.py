@@ -209,7 +209,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
     u_root, k_root = tmp_path / "U", tmp_path / "K"
     u = started(sweep_cmd(u_root, "sweep.local_cpus=5"), tmp_path / "U.log")
     # K starts once U has the mini teacher in the shared cache (one training of it, no race)
-    wait_until(lambda: "[2/6]" in u.log.read_text(), 600, "U's teacher", u, every=0.5)
+    wait_until(lambda: "[2/7]" in u.log.read_text(), 600, "U's teacher", u, every=0.5)
     k_cmd = sweep_cmd(k_root, "sweep.local_cpus=3", "sweep.max_concurrent_trials=1")
     k = started(k_cmd, tmp_path / "K1.log")
     k_base = k_root / "sweeps" / NAME

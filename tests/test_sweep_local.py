@@ -64,6 +64,13 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
     assert trial.data.metrics["data_hours"] == pytest.approx(budget["hours"]) and budget["hours"] > 0
     history = client.get_metric_history(trial.info.run_id, "train/loss")
     assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 2
+    # the sweep's last stage: its page, with each trial's curve as MLflow holds it
+    (section,) = json.loads((results.parent / "report" / "results.json").read_text())["sections"]
+    assert sorted(s["n_layers"] for s in section["students"]) == [2, 3]
+    trial_id = trial.data.tags["prun_tts.trial_id"]
+    with (results / "curves" / f"{trial_id}.csv").open() as f:
+        curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    assert curve == [(m.step, m.value) for m in history]
 
     # the same command again: the finished sweep is kept, nothing is trained or logged twice
     assert main(sweep_args(tmp_path)) == 0

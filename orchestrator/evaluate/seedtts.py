@@ -1,6 +1,6 @@
 """Seed-TTS-eval test lists: `meta.lst` files of `name|prompt text|prompt audio|target text`
-(the prompt audio relative to the list's folder; extra fields, such as the ground-truth
-audio of some lists, are ignored)."""
+(the prompt audio relative to the list's folder). A fifth field, where a list has one, is the
+ground-truth recording of the target (the report plays it); further fields are ignored."""
 
 from __future__ import annotations
 
@@ -32,12 +32,14 @@ def read_meta_list(path: str | Path) -> list[dict]:
         if not audio.is_file():
             problems.append(f"line {n}: prompt audio {audio} does not exist")
             continue
+        truth = p.parent / fields[4].strip() if len(fields) > 4 and fields[4].strip() else None
         rows.append(
             {
                 "name": fields[0].strip(),
                 "prompt_text": fields[1].strip(),
                 "prompt_audio": str(audio),
                 "target_text": fields[3].strip(),
+                "target_audio": str(truth) if truth and truth.is_file() else "",
             }
         )
     if problems:
@@ -51,6 +53,7 @@ class SeedTTSItems(Sequence[EvalItem]):
 
     def __init__(self, path: str | Path, codec: Codec):
         self.rows = read_meta_list(path)
+        self.names = [r["name"] for r in self.rows]
         self.codec = codec
         self._codes: dict[int, tuple[int, ...]] = {}
 
@@ -69,4 +72,6 @@ class SeedTTSItems(Sequence[EvalItem]):
         r = self.rows[i]
         if i not in self._codes:
             self._codes[i] = tuple(self.codec.encode(r["prompt_audio"]))
-        return EvalItem(r["name"], r["prompt_text"], self._codes[i], r["target_text"], r["prompt_audio"])
+        return EvalItem(
+            r["name"], r["prompt_text"], self._codes[i], r["target_text"], r["prompt_audio"], r["target_audio"]
+        )

@@ -7,6 +7,7 @@ import numpy as np
 from orchestrator.config import Config
 from orchestrator.mini.family import MiniFamily
 from orchestrator.mini.speech import MiniASR, MiniCodec, MiniSpeakerVerifier
+from orchestrator.mini.vocoder import MiniVocoder
 from orchestrator.mini.world import MiniWorld, WorldSpec
 from orchestrator.world import EvalItem, Sample, World
 
@@ -38,7 +39,8 @@ def eval_items(world: MiniWorld, sentences: list[str], tag: str) -> list[EvalIte
         spk = i % len(world.speakers)
         prompt_text = sentences[(i + 1) % len(sentences)]
         prompt = world.speak(prompt_text, spk, rng, trailing_pause=True)  # a prompt ends in silence
-        items.append(EvalItem(f"{tag}-{i:04d}-spk{spk}", prompt_text, prompt.codes, target))
+        truth = world.speak(target, spk, rng)  # drawn after the prompt: the prompts stay what they were
+        items.append(EvalItem(f"{tag}-{i:04d}-spk{spk}", prompt_text, prompt.codes, target, target_codes=truth.codes))
     return items
 
 
@@ -57,4 +59,5 @@ def build_mini_world(cfg: Config, n_pairs: int | None = None) -> World:
         train_pairs=MiniPairs(world, n_pairs if n_pairs is not None else t.steps * t.batch_size),
         dev_items=eval_items(world, world.dev_sentences, "dev"),
         test_items=eval_items(world, world.test_sentences, "test"),
+        vocoder=MiniVocoder(world).render,  # for listening only: the ASR and verifier read the codes
     )

@@ -122,18 +122,22 @@ def evaluate_teacher_task(cfg: Config, teacher: TeacherInfo) -> dict:
     return {"metrics": quality_metrics(ev, 1.0, {"wer": 100 * ev.wer, "sim": ev.sim}), "items": ev.items}
 
 
-def baseline_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict:
-    """The teacher's metrics on the test list (WER in %), evaluated once per teacher and settings."""
+def teacher_evaluation(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict:
+    """The teacher on the test list, evaluated once per teacher and settings: {"metrics", "items"}."""
     fingerprint = {
         "teacher": teacher.digest,
         "world": world_fingerprint(cfg),
         "evaluate": cfg.evaluate.model_dump(),
         "code": code_digest(),
     }
-    value = cached_stage(
+    return cached_stage(
         state_dir, "baseline", fingerprint, lambda: executor.map(evaluate_teacher_task, [(cfg, teacher)])[0], log
     )
-    metrics = value["metrics"]
+
+
+def baseline_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict:
+    """The teacher's metrics on the test list (WER in %): what every student is compared with."""
+    metrics = teacher_evaluation(cfg, teacher, executor, state_dir, log)["metrics"]
     if math.isnan(metrics["wer"]):
         raise ConfigError(
             "the teacher's WER is NaN: this world's codec makes no audio here (CosyVoice 2 without "
@@ -180,9 +184,7 @@ def plan_name(scorer: str, strategy: str, n_drop: int) -> str:
 
 
 def plan_keys(cfg: Config, n_layers: int) -> list[tuple[str, str, int]]:
-    """(scorer, strategy, n_drop) of every student the config asks for (space `selected`)."""
-    if cfg.sweep.space != "selected":
-        return []
+    """(scorer, strategy, n_drop) of every student prune.* asks for."""
     return [(s, st, k) for s in cfg.prune.scorer for st in cfg.prune.strategy for k in drop_counts(cfg, n_layers)]
 
 
@@ -413,3 +415,14 @@ def format_trials(rows: list[dict], baseline: dict) -> str:
             continue
         lines.append(f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- 7. report
+
+
+def report_stage(results: Path, out: Path, log=print) -> Path:
+    """The listening page of a results folder (report/page.py); its index.html."""
+    from orchestrator.report.page import build_report
+    from orchestrator.report.results import read_results
+
+    return build_report([read_results(results)], out, log)

@@ -19,6 +19,8 @@ from typing import Any
 from orchestrator.config import ConfigError
 
 FORMAT = 1  # bump when the layout of state files changes
+_UMASK = os.umask(0o022)  # read once (os.umask only reads by setting), then put back
+os.umask(_UMASK)
 
 
 class StateError(ConfigError):
@@ -50,6 +52,7 @@ def atomic_write(path: str | Path, write, binary: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: results are for the team to read, like any file
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()

@@ -15,27 +15,33 @@ from pathlib import Path
 
 from orchestrator.config import Config
 from orchestrator.pipeline import stages
-from orchestrator.pipeline.state import atomic_write_json, cached_stage
+from orchestrator.pipeline.state import atomic_write_json, cached_stage, read_json
+from orchestrator.report.results import write_results_extras
 
 
 def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
+    from orchestrator.builders import teacher_layers
+    from orchestrator.recipes.distill import budget_record
     from orchestrator.recipes.score import format_table, write_scores
 
+    # before any work (the teacher not even trained): prune.ratio against its depth, the data budget
+    stages.plan_keys(cfg, teacher_layers(cfg))
+    stages.budget_stage(cfg, stages.teacher_for_checks(cfg))
     out = Path(cfg.output_dir).resolve()
     state, here = out / "state", stages.LocalExecutor()
 
-    log(f"[1/6] teacher ({cfg.world.name} world)")
+    log(f"[1/7] teacher ({cfg.world.name} world)")
     teacher = stages.teacher_stage(cfg, progress)
     log(f"      {teacher.path} ({teacher.n_layers} layers)")
 
-    log(f"[2/6] baseline: the teacher on {cfg.evaluate.n_items} test items")
+    log(f"[2/7] baseline: the teacher on {cfg.evaluate.n_items} test items")
     baseline = stages.baseline_stage(cfg, teacher, here, state, log)
     log(f"      WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
 
-    log("[3/6] layer plans: each scorer's choice")
+    log("[3/7] layer plans: each scorer's choice")
     plans = stages.plans_stage(cfg, teacher, here, state, log)
     by_scorer = stages.scores_by_scorer(plans)
-    files = write_scores(by_scorer, out / "scores")
+    files_scores = write_scores(by_scorer, out / "scores")
     log(format_table(by_scorer))
     for name, plan in plans.items():
         dev = plan.get("dev_wer")
@@ -47,9 +53,9 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
                 else ""
             )
         )
-    log(f"      profile: {files['png']}")
+    log(f"      profile: {files_scores['png']}")
 
-    log("[4/6] data budget and teacher cache")
+    log("[4/7] data budget and teacher cache")
     budget = stages.budget_stage(cfg, teacher)
     log(
         f"      {budget.pairs} pairs, {budget.unique_tokens} tokens = "
@@ -61,23 +67,36 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
     unique: dict[tuple, tuple[str, dict]] = {}  # plans that agree on the layers train one student
     for name, p in plans.items():
         unique.setdefault(tuple(p["drop"]), (name, p))
-    log(f"[5/6] students: {len(unique)} to distil and evaluate")
-    rows, pruned = [], {}
+    log(f"[5/7] students: {len(unique)} to distil and evaluate")
+    rows, pruned, evaluations, curves = [], {}, {}, {}
     for i, (drop, (name, p)) in enumerate(unique.items()):
-        plan = stages.Plan(name, drop, p["scorer"], name.split("/")[1])
+        plan, trial = stages.Plan(name, drop, p["scorer"], name.split("/")[1]), f"{i + 1}"
         log(f"      student {i + 1}/{len(unique)}: drop {list(drop)} ({teacher.n_layers - len(drop)} layers)")
-        metrics, pruned[drop] = student_stage(cfg, teacher, plan, baseline, cache, out, progress, log)
-        rows.append(stages.trial_row(f"{i + 1}", plan, teacher.n_layers, "ok", metrics))
+        evaluations[trial], pruned[drop], curves[trial] = student_stage(
+            cfg, teacher, plan, baseline, cache, out, progress, log
+        )
+        metrics = {k: v for k, v in evaluations[trial].items() if k != "items"}
+        rows.append(stages.trial_row(trial, plan, teacher.n_layers, "ok", metrics))
         log(
             f"      -> WER {metrics['wer']:.2f}% ({metrics['wer_delta']:+.2f}; pruned only "
             f"{pruned[drop]['wer']:.2f}%), speed-up {metrics['speedup']:.2f}x"
         )
 
-    log("[6/6] trade-off")
+    log("[6/7] trade-off")
     rows = stages.sort_rows(rows)
     files = stages.tradeoff_stage(rows, baseline, out / "results")
     table = stages.format_trials(rows, baseline)
     log(table)
+    record = budget_record(budget, teacher.train_tokens)
+    write_results_extras(
+        out / "results",
+        cfg.model_dump(),
+        stages.teacher_evaluation(cfg, teacher, here, state, log=None),
+        evaluations,
+        curves,
+        read_json(files_scores["json"], "layer scores"),
+        record,
+    )
     summary = {
         "teacher": baseline,
         "students": rows,
@@ -95,6 +114,10 @@ def run_demo(cfg: Config, progress: bool = True, log=print) -> dict:
     }
     atomic_write_json(out / "demo.json", summary)
     log(f"results: {out / 'demo.json'}, {files['csv']}, {files['png']}")
+
+    log("[7/7] report")
+    page = stages.report_stage(out / "results", out / "report", log)
+    log(f"report: {page}")
     return summary
 
 
@@ -107,13 +130,14 @@ def student_stage(
     out: Path,
     progress: bool,
     log,
-) -> tuple[dict, dict]:
-    """One student in this process: distilled (or read back), then evaluated against the baseline;
-    and the pruned-only student's metrics beside it. Both results are stage state."""
+) -> tuple[dict, dict, list[dict]]:
+    """One student in this process: distilled (or read back), then evaluated against the baseline
+    (metrics and items); the pruned-only student's metrics beside it (both stage state); and its
+    distillation curve."""
     from orchestrator.distill.teacher_cache import TeacherCache
     from orchestrator.evaluate.synthesis import evaluate_model
     from orchestrator.prune.surgery import drop_layers
-    from orchestrator.recipes.distill import distill
+    from orchestrator.recipes.distill import distill, read_history
 
     world, model = stages.world_and_teacher(cfg, teacher)
     fingerprint = stages.student_fingerprint(cfg, teacher, plan.drop)
@@ -131,8 +155,8 @@ def student_stage(
         student, _ = distill(cfg, world, model, teacher.train_tokens, plan.drop, where, progress, fingerprint, source)
         metrics, items = stages.evaluate_student(cfg, world, model, student, baseline)
         atomic_write_json(where / "evaluation.json", {**metrics, "items": items})
-        return metrics
+        return {**metrics, "items": items}
 
     state = out / "state"
     pruned = cached_stage(state, "pruned", {k: v for k, v in evaluation.items() if k != "distill"}, pruned_only, log)
-    return cached_stage(state, "student", evaluation, distilled, log), pruned
+    return cached_stage(state, "student", evaluation, distilled, log), pruned, read_history(where / "history.csv")

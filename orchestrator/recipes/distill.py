@@ -93,6 +93,14 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
             f"{what} allows {allowed} tokens, less than one batch of {d.batch_size} pairs; raise it "
             f"or lower distill.batch_size"
         )
+    n_batches = n // d.batch_size * d.epochs
+    if n_batches < d.grad_accum:  # prepare_distill's steps: pairs x epochs // (batch_size x grad_accum)
+        raise ConfigError(
+            f"distill.grad_accum={d.grad_accum}: the budget's {n} pairs make {n_batches} batch(es) of "
+            f"{d.batch_size} over {d.epochs} epoch(s) and one optimizer step takes {d.grad_accum}, so there is "
+            "not one step to train; lower distill.grad_accum or distill.batch_size, or raise distill.epochs "
+            "or the budget (distill.data_fraction / distill.data_hours)"
+        )
     return DataBudget(allowed, n, sum(lengths[:n]), d.epochs, sum(speech[:n]) / rate / 3600)
 
 
@@ -260,6 +268,6 @@ def read_history(path: Path) -> list[dict]:
         return []
     with path.open() as f:
         return [
-            {k: int(v) if k in ("step", "tokens") else float(v) for k, v in r.items() if v != ""}
+            {k: int(float(v)) if k in ("step", "tokens") else float(v) for k, v in r.items() if v != ""}
             for r in csv.DictReader(f)
         ]

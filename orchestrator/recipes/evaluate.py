@@ -103,17 +103,19 @@ def expected_names(items: Sequence[EvalItem], passes: int) -> set[str]:
     return {it.name for it in items}
 
 
-def claim_results(run: EvalRun, results: Path, items: Sequence[EvalItem], passes: int) -> None:
+def claim_results(run: EvalRun, results: Path, items: Sequence[EvalItem], passes: int, write: bool = True) -> None:
     """Make sure `results` holds rows of this evaluation only, before anything reads it.
 
-    A new (or empty) file gets its key file first. An existing one is trusted only if its key
+    A new (or empty) file gets its key file first (`write=False`: only the checks, nothing
+    written, as before any work starts). An existing one is trusted only if its key
     file says this key, it still begins with the bytes sealed at the end of the last run (rows
     are only ever appended), and every row names an item of this list; otherwise a StateError
     names the file."""
     keyfile = Path(f"{results}.key")
     record = {"key": run.key, "fingerprint": run.fingerprint}
     if not (results.is_file() and results.stat().st_size > 0):
-        atomic_write_json(keyfile, record)  # before the first row
+        if write:
+            atomic_write_json(keyfile, record)  # before the first row
         return
     redo = f"delete it and {keyfile.name} to score this model again"
     if not keyfile.is_file():
@@ -187,10 +189,12 @@ def evaluate(
     source = model or teacher_source(cfg, world, progress)[0]  # trains the mini teacher if need be
     run = plan(cfg, source, split, items, None if model else "teacher")  # hashes the weights
     passes = cfg.evaluate.passes
+    results = [run.shard_results(i, n_shards) for i in range(n_shards)] if n_shards > 1 else [run.results]
+    for i, path in enumerate(results):  # earlier rows that cannot be trusted: refused before any work or write
+        claim_results(run, path, items[i::n_shards], passes, write=False)
     if n_shards > 1:
         from orchestrator.distributed.evaluate import evaluate_sharded
 
-        results = [run.shard_results(i, n_shards) for i in range(n_shards)]
         for i, path in enumerate(results):
             claim_results(run, path, items[i::n_shards], passes)
         with cluster():
@@ -198,7 +202,6 @@ def evaluate(
     else:
         from orchestrator.evaluate.synthesis import evaluate_model
 
-        results = [run.results]
         loaded = load_model(world, run.model, pick_device(cfg))  # a folder that holds no model: nothing written
         claim_results(run, run.results, items, passes)
         result = evaluate_model(loaded, world, items, cfg.evaluate, progress, results=run.results)

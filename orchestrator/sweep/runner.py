@@ -24,14 +24,24 @@ from orchestrator import tracking
 from orchestrator.config import Config, ConfigError
 from orchestrator.pipeline import stages
 from orchestrator.pipeline.state import atomic_write_json, read_json
+from orchestrator.report.results import write_results_extras
 from orchestrator.sweep.space import param_space, trial_plan
 from orchestrator.sweep.trial import SweepPayload, run_trial
 
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray inside `ray job submit`
 
 
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """Refuse a Ray address nothing answers on, before connecting (ray.init would wait long)."""
+def ray_address(given: str | None) -> tuple[str | None, str]:
+    """The Ray address to join and the setting it came from: --address, else $RAY_ADDRESS
+    (None: a private local Ray)."""
+    if given:
+        return given, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def check_address(address: str, timeout: float = 5.0, setting: str = "--address") -> None:
+    """Refuse a Ray address nothing answers on, before connecting (ray.init would wait long).
+    `setting`: where the address came from (`--address`, `RAY_ADDRESS`), named in the message."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -39,9 +49,14 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as e:
+        fix = (
+            "leave --address out for a private local Ray"
+            if setting == "--address"
+            else "unset RAY_ADDRESS (left over in this shell?) for a private local Ray"
+        )
+        named = f"--address {address}" if setting == "--address" else f"{setting}={address}"
         raise ConfigError(
-            f"--address {address}: no Ray cluster answers there ({e}); give the head node's "
-            "HOST:PORT (6379 by default), or leave --address out for a private local Ray"
+            f"{named}: no Ray cluster answers there ({e}); give the head node's HOST:PORT (6379 by default), or {fix}"
         ) from None
 
 
@@ -120,9 +135,10 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg
 
 
-def check_sweep(cfg: Config, address: str | None) -> tuple[str, dict]:
+def check_sweep(cfg: Config, address: str | None, address_setting: str = "--address") -> tuple[str, dict]:
     """Everything a user can get wrong, checked before Ray starts or anything is written:
-    returns the tracking URI and the Tune search space."""
+    returns the tracking URI and the Tune search space. `address_setting`: where `address`
+    came from (`--address` or `RAY_ADDRESS`)."""
     from orchestrator.builders import teacher_layers
     from orchestrator.model_checks import check_output_dir
 
@@ -137,14 +153,31 @@ def check_sweep(cfg: Config, address: str | None) -> tuple[str, dict]:
     check_output_dir(cfg.output_dir, "output_dir")
     if not address:  # a private local Ray: its size is known before it starts
         concurrent_trials(cfg, {"CPU": cfg.sweep.local_cpus, "GPU": _local_gpus()})
+    check_asha_metric(cfg)
     uri = tracking.tracking_uri(cfg.tracking.uri, cfg.output_dir)
-    tracking.check_tracking(uri)
+    from_env = not cfg.tracking.uri and os.environ.get("MLFLOW_TRACKING_URI")
+    tracking.check_tracking(uri, setting="MLFLOW_TRACKING_URI" if from_env else "tracking.uri")
     if address:
-        check_address(address)
+        check_address(address, setting=address_setting)
     base = Path(cfg.sweep.storage_path) / cfg.sweep.name
     _check_same_sweep(cfg, base)
     stages.budget_stage(cfg, stages.teacher_for_checks(cfg))  # a budget under one batch, missing shards
     return uri, space
+
+
+def check_asha_metric(cfg: Config) -> None:
+    """sweep.scheduler=asha stops trials on a metric every training report holds (Tune would fail
+    the sweep only once trials report, a typo minutes in)."""
+    if cfg.sweep.scheduler != "asha":
+        return
+    d = cfg.distill
+    terms = [k for k, w in d.weights.model_dump().items() if w > 0 and (k != "ce" or d.on_policy == 0)]
+    reported = ["loss", *terms, "grad_norm"]  # train_step's per-step metrics (no "ce" on on-policy steps)
+    if cfg.sweep.asha_metric not in reported:
+        raise ConfigError(
+            f"sweep.asha_metric={cfg.sweep.asha_metric!r}: the trials do not report it while they train; ASHA "
+            f"(minimising) can stop them on {', '.join(reported)}, e.g. sweep.asha_metric=loss"
+        )
 
 
 def _local_gpus() -> int:
@@ -157,8 +190,8 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
     from orchestrator.console import route_chatter
 
     cfg = resolve_paths(cfg)
-    address = address or os.environ.get("RAY_ADDRESS")
-    uri, space = check_sweep(cfg, address)
+    address, address_setting = ray_address(address)
+    uri, space = check_sweep(cfg, address, address_setting)
     base = Path(cfg.sweep.storage_path) / cfg.sweep.name
     if in_ray_job():
         log(f"Ray job: results under {base}, tracking {uri}")
@@ -222,40 +255,45 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, concurrency: int, progr
     ray_tasks = RayExecutor(cfg)
     atomic_write_json(base / "config.json", _comparable(cfg))
 
-    log(f"[1/6] teacher ({cfg.world.name} world)")
+    log(f"[1/7] teacher ({cfg.world.name} world)")
     teacher = stages.teacher_stage(cfg, progress)
     sweep_run = _parent_run(cfg, uri, base, teacher, space)
     try:
-        log(f"[2/6] baseline: the teacher on {cfg.evaluate.n_items} test items")
+        log(f"[2/7] baseline: the teacher on {cfg.evaluate.n_items} test items")
         baseline = stages.baseline_stage(cfg, teacher, ray_tasks, state, log)
         _baseline_run(uri, sweep_run, teacher, baseline)
         log(f"      teacher: {teacher.n_layers} layers, WER {baseline['wer']:.2f}%, SIM {baseline['sim']:.3f}")
 
-        log("[3/6] layer plans: each scorer's choice, once for the whole sweep")
-        plans = stages.plans_stage(cfg, teacher, ray_tasks, state, log)
+        log("[3/7] layer plans: each scorer's choice, once for the whole sweep")
+        # trials of the other spaces (given layer sets, blocks) carry their own layers: nothing to score
+        plans = stages.plans_stage(cfg, teacher, ray_tasks, state, log) if cfg.sweep.space == "selected" else {}
         _log_plans(uri, sweep_run, plans, base / "scores", log)
 
-        log("[4/6] data budget and teacher cache")
+        log("[4/7] data budget and teacher cache")
         budget = stages.budget_stage(cfg, teacher)
         log(f"      {budget.pairs} pairs, {budget.unique_tokens} tokens, {budget.hours:.2f} h of speech")
         cache = stages.teacher_cache_stage(cfg, teacher, budget, ray_tasks, base / "teacher-cache", log)
 
-        log(f"[5/6] students: up to {concurrency} trials at once, {cfg.train.num_workers} Train workers each")
+        log(f"[5/7] students: up to {concurrency} trials at once, {cfg.train.num_workers} Train workers each")
         payload = SweepPayload(
             cfg, teacher, plans, baseline, cache, uri, sweep_run.experiment, sweep_run.id, str(base / "train")
         )
         steps = budget.pairs * cfg.distill.epochs // (cfg.distill.batch_size * cfg.distill.grad_accum)
         results = _tune(cfg, base, payload, space, concurrency, steps, progress, log)
 
-        log("[6/6] trade-off")
+        log("[6/7] trade-off")
         rows = stages.sort_rows([_trial_row(r, plans, teacher.n_layers) for r in results])
         _close_unfinished(uri, sweep_run.experiment, rows)
         files = stages.tradeoff_stage(rows, baseline, base / "results")
+        _results_extras(cfg, base, uri, sweep_run, teacher, ray_tasks, results, budget)
+        tracking.log_artifacts(uri, sweep_run.id, base / "results", "results")
+
+        log("[7/7] report")
+        page = stages.report_stage(base / "results", base / "report", log)
+        tracking.log_artifacts(uri, sweep_run.id, page.parent, "report")
     except BaseException:
         tracking.finish_run(uri, sweep_run.id, "KILLED")  # never left RUNNING; the same command resumes it
         raise
-    for f in files.values():
-        tracking.log_artifacts(uri, sweep_run.id, f, "results")
     done = [r for r in rows if r["status"] == "ok"]
     best = {"best_wer": min(r["wer"] for r in done)} if done else {}
     tracking.log_metrics(uri, sweep_run.id, {"trials": len(rows), "trials_ok": len(done), **best})
@@ -265,7 +303,8 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, concurrency: int, progr
     log(
         f"MLflow: experiment {cfg.tracking.experiment!r}, sweep run {sweep_run.id}\n  open: {where}\n"
         f"  compare: select the runs of this sweep, Chart view, scatter chart x=n_layers y=wer\n"
-        f"  files: {base / 'results'}"
+        f"  files: {base / 'results'}\n"
+        f"report: {page}"
     )
     return {
         "rows": rows,
@@ -274,7 +313,38 @@ def _run(cfg: Config, base: Path, uri: str, space: dict, concurrency: int, progr
         "tracking_uri": uri,
         "files": files,
         "storage": str(base),
+        "report": page,
     }
+
+
+def _results_extras(cfg: Config, base: Path, uri: str, sweep_run, teacher, executor, results, budget) -> None:
+    """What the report needs beside the trade-off, from each finished trial's MLflow run (where
+    its worker logged them, on whichever node): its evaluation and its training curve (whole
+    across resumes); and the teacher's evaluation, the layer scores and the data budget."""
+    import tempfile
+
+    from orchestrator.recipes.distill import budget_record
+
+    evaluations, curves = {}, {}
+    with tempfile.TemporaryDirectory(prefix="prun-tts-evaluations-") as downloads:
+        for r in results:
+            trial = (r.metrics or {}).get("trial_id")
+            run_id = trial and tracking.find_run(uri, sweep_run.experiment, {"prun_tts.trial_id": trial})
+            if r.error is not None or "wer" not in (r.metrics or {}) or not run_id:
+                continue
+            got = tracking.download_artifacts(uri, run_id, "evaluation.json", Path(downloads) / trial)
+            evaluations[trial] = read_json(got, "trial evaluation")
+            curves[trial] = tracking.curve_rows(uri, run_id)
+    scores = base / "scores" / "layer_scores.json"
+    write_results_extras(
+        base / "results",
+        cfg.model_dump(),
+        stages.teacher_evaluation(cfg, teacher, executor, base / "state", log=None),
+        evaluations,
+        curves,
+        read_json(scores, "layer scores") if scores.is_file() else {},
+        budget_record(budget, teacher.train_tokens),
+    )
 
 
 class _SweepRun:

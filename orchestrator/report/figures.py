@@ -1,0 +1,81 @@
+"""The report's figures, drawn from measured values only (PNG, matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CHOSEN, TEACHER, OTHER = "#d62728", "#2ca02c", "#7f7f7f"
+_META = {"Software": None}  # no matplotlib version in the file: the same results, the same bytes
+
+
+def importance_profile(scores: dict, path: Path) -> Path:
+    """One bar chart per scorer: each layer's score, the layers it removes in red."""
+    names = list(scores)
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 1.8 * len(names) + 0.8), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        values, drop = scores[name]["scores"], set(scores[name]["drop"])
+        ax.bar(range(len(values)), values, color=[CHOSEN if i in drop else "#1f77b4" for i in range(len(values))])
+        ax.set_ylabel(name)
+        ax.axhline(0, color="black", linewidth=0.5)
+    axes[-1, 0].set_xlabel("decoder layer (red: removed by this scorer)")
+    axes[-1, 0].set_xticks(range(len(scores[names[-1]]["scores"])))
+    fig.suptitle("Layer importance (higher: the layer matters more)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def wer_against_depth(students: list[dict], teacher: dict, front: list[str], chosen: str, path: Path) -> Path:
+    """WER (with its 95% interval) against depth: the teacher, every student, the Pareto front.
+    `students`: {trial_id, label, n_layers, wer, wer_ci}; `front`: trial ids on the front."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in students:
+        lo, hi = s["wer_ci"]
+        color = CHOSEN if s["trial_id"] == chosen else OTHER
+        ax.errorbar(s["n_layers"], s["wer"], yerr=[[s["wer"] - lo], [hi - s["wer"]]], fmt="o", color=color, capsize=3)
+        ax.annotate(s["label"], (s["n_layers"], s["wer"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    on_front = sorted((s for s in students if s["trial_id"] in front), key=lambda s: s["n_layers"])
+    ax.plot([s["n_layers"] for s in on_front], [s["wer"] for s in on_front], "-", color=CHOSEN, label="Pareto front")
+    lo, hi = teacher["wer_ci"]
+    ax.errorbar(
+        teacher["n_layers"],
+        teacher["wer"],
+        yerr=[[teacher["wer"] - lo], [hi - teacher["wer"]]],
+        fmt="*",
+        markersize=13,
+        color=TEACHER,
+        capsize=3,
+        label="teacher",
+    )
+    ax.set_xlabel("decoder layers")
+    ax.set_ylabel("WER (%), 95% interval")
+    ax.set_title("Quality against depth")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def distillation_curves(curves: dict[str, list[dict]], labels: dict[str, str], path: Path) -> Path:
+    """Each student's distillation loss by optimizer step."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for trial, rows in curves.items():
+        points = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=f"drop {labels.get(trial, trial)}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("distillation loss")
+    ax.set_yscale("log")
+    ax.set_title("Distillation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata=_META)
+    plt.close(fig)
+    return path

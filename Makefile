@@ -36,9 +36,10 @@ demo-one-process: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mini/mlflow.db --port 5000
 
-# docs/mlflow-wer-vs-depth.png from the demo's runs (installs Debian chromium + playwright).
+# docs/mlflow-wer-vs-depth.png and docs/report-page.png from the demo's runs (installs chromium + playwright).
 screenshot: $(BROWSER)
 	$(BIN)/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
+	$(BIN)/python scripts/report_screenshot.py --page runs/sweeps/mini-sweep/report --out docs/report-page.png
 
 test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -q

@@ -39,6 +39,8 @@ def _ray_prints_to(log_file: Path) -> None:
     import ray._private.worker as ray_worker
 
     def to_file(data: dict, ignore_prefix: bool = False) -> None:
+        if not data.get("lines"):  # Ray sends empty batches too: no file for them
+            return
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("a") as f:
             f.writelines(f"({data.get('pid', '')}) {line}\n" for line in data.get("lines", []))

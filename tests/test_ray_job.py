@@ -96,9 +96,11 @@ def mlflow_api(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A Ray head (4 logical CPUs) + a second node (4), and an MLflow server, on free ports."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A Ray head (4 logical CPUs) + a second node (4), and an MLflow server, on free ports
+    (started once for this file's jobs)."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -293,3 +295,37 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
     assert k["depth_reduction"] == pytest.approx(1 - m["n_layers"] / teacher["n_layers"])
     assert k["peak_memory_reduction"] == pytest.approx(1 - m["peak_mem_mb"] / teacher["peak_mem_mb"])
     assert k["wer_delta"] == pytest.approx(m["wer"] - teacher["wer"]) and k["speedup"] == pytest.approx(m["speedup"])
+
+
+def test_readme_job_with_relative_paths_on_two_nodes_is_refused_saying_what_to_set(cluster):
+    """The README's command as written (relative storage and output paths): on one node they land
+    under ~/prun-tts; this cluster has two nodes that share no home, so the job stops at once,
+    naming the settings, and writes nothing."""
+    home = cluster["tmp"] / "home"
+    home.mkdir()
+    runtime_env = {
+        "env_vars": {"PRUN_TTS_CACHE": str(cluster["tmp"] / "cache"), "HF_HUB_OFFLINE": "1", "HOME": str(home)},
+        "excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"],
+    }
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "jobs/sweep.py",
+        "--config",
+        "configs/mini.yaml",
+    ]
+    r = subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "this cluster has 2 nodes" in out and "sweep.storage_path=/mnt/shared/sweeps" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert list(home.iterdir()) == []  # nothing written under the job's home

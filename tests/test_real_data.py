@@ -87,12 +87,16 @@ def test_seedtts_list_is_read_and_prompts_are_encoded_on_first_use(tmp_path):
     (tmp_path / "meta.lst").write_text(
         "u1|Prompt one.|prompt-wavs/p1.wav|Target one.\nu2|Prompt two.|prompt-wavs/p2.wav|Target two.|wavs/u2.wav\n"
     )
+    # a fifth field is the target's ground-truth recording, kept only where the file is there
     assert read_meta_list(tmp_path / "meta.lst")[1] == {
         "name": "u2",
         "prompt_text": "Prompt two.",
         "prompt_audio": str(tmp_path / "prompt-wavs" / "p2.wav"),
         "target_text": "Target two.",
+        "target_audio": "",
     }
+    _wav(tmp_path / "wavs" / "u2.wav")
+    assert read_meta_list(tmp_path / "meta.lst")[1]["target_audio"] == str(tmp_path / "wavs" / "u2.wav")
     codec = CountingCodec()
     items = SeedTTSItems(tmp_path / "meta.lst", codec)
     assert len(items) == 2 and codec.calls == []  # nothing encoded until an item is used

@@ -330,6 +330,36 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, started):
     assert roles["sweep"][0].info.status == "FINISHED" and roles["baseline"][0].info.status == "FINISHED"
 
 
+def test_a_trial_whose_workers_die_restarts_from_its_checkpoint(tmp_path, started):
+    """train.max_failures=1: the trial's Train workers are killed once, mid-training; Ray Train
+    starts new ones from the last checkpoint, the trial finishes, the command exits 0, and its
+    MLflow run holds each training step once."""
+    cmd = sweep_cmd(
+        tmp_path, "sweep.space=layer_sets", "sweep.layer_sets=['1-2']", "sweep.local_cpus=3", "train.max_failures=1"
+    )
+    sweep = started(cmd, tmp_path / "sweep.log")
+    base = tmp_path / "sweeps" / NAME
+
+    def train_workers():
+        return [p for p in sweep.members() if "RayTrainWorker" in " ".join(_cmdline(p))]
+
+    wait_until(lambda: latest_checkpoints(base) and len(train_workers()) == 2, 900, "the first checkpoint", sweep)
+    for p in train_workers():
+        p.kill()
+    assert sweep.wait(900) == 0, sweep.tail()
+
+    (row,) = trial_rows(base).values()
+    assert row["status"] == "ok" and float(row["wer"]) >= 0, row
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (trial,) = runs_by_role(client)["trial"]
+    assert trial.info.status == "FINISHED" and "wer" in trial.data.metrics
+    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")]
+    assert steps == list(range(1, STEPS + 1)), steps  # every step once: none lost, none logged twice
+    reported = steps_reported(base, row["trial_id"])
+    assert reported == sorted(set(reported)) and reported[-1] == STEPS, reported  # on from the checkpoint
+    assert f"trial {row['trial_id']} FAILED" not in sweep.log.read_text()
+
+
 def _cmdline(p: psutil.Process) -> list[str]:
     try:
         return p.cmdline()

@@ -210,18 +210,20 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
         route_chatter(base / "ray-and-mlflow.log", verbose)  # ray.init resets its logger
     try:
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
-        if nodes > 1 and uri.startswith("sqlite:"):
-            raise ConfigError(
-                f"tracking.uri {uri}: a sqlite file is local to one node, and this cluster has {nodes}; "
-                "run an MLflow server (cluster.yaml starts one on the head) and set "
-                "tracking.uri=http://HEAD:5000 or MLFLOW_TRACKING_URI"
-            )
+        problems = []  # all of them at once: the README's command on a multi-node cluster has both
         if nodes > 1 and in_ray_job() and any(_under_home(p) for p in (cfg.sweep.storage_path, cfg.output_dir)):
-            raise ConfigError(
-                f"this cluster has {nodes} nodes and the sweep's files would go under {Path.home()}, which other "
-                "nodes do not see: give absolute paths on a shared mount, e.g. "
-                "--set sweep.storage_path=/mnt/shared/sweeps --set output_dir=/mnt/shared/runs"
+            problems.append(
+                f"the sweep's files would go under {Path.home()}, which other nodes do not see: give absolute "
+                "paths on a shared mount, e.g. --set sweep.storage_path=/mnt/shared/sweeps "
+                "--set output_dir=/mnt/shared/runs"
             )
+        if nodes > 1 and uri.startswith("sqlite:"):
+            problems.append(
+                f"tracking.uri {uri} is a sqlite file, local to one node: run an MLflow server (cluster.yaml "
+                "starts one on the head) and set tracking.uri=http://HEAD:5000 or MLFLOW_TRACKING_URI"
+            )
+        if problems:
+            raise ConfigError(f"this cluster has {nodes} nodes, and " + "; and ".join(problems))
         concurrency = concurrent_trials(cfg, ray.cluster_resources())
         return _run(cfg, base, uri, space, concurrency, progress, log)
     finally:

@@ -174,6 +174,7 @@ def curve_rows(uri: str, run_id: str, prefix: str = "train/") -> list[dict]:
 
 def download_artifacts(uri: str, run_id: str, path: str, dest: str | Path) -> Path:
     """A run's artifact folder (or file) `path`, copied under `dest`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no bars in the console
     Path(dest).mkdir(parents=True, exist_ok=True)
     return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dest)))
 

@@ -222,3 +222,19 @@ def test_relative_paths_resolve_under_home_inside_a_ray_job_else_against_the_wor
     monkeypatch.setenv(JOB_ENV, "{}")  # inside `ray job submit`: the working directory is deleted afterwards
     cfg = resolve_paths(cfg_with("sweep.storage_path=runs/sweeps", "output_dir=/abs/runs"))
     assert cfg.sweep.storage_path == str(tmp_path / "home/prun-tts/runs/sweeps") and cfg.output_dir == "/abs/runs"
+
+
+def test_trial_progress_estimates_time_left_from_this_sessions_pace(monkeypatch, capsys):
+    import types
+
+    from orchestrator.sweep import runner
+
+    now = [1000.0]  # the first two reports of a trial resumed at step 300, a minute apart
+    monkeypatch.setattr(runner.time, "time", lambda: now[0])
+    progress, trial = runner.TrialProgress(720), types.SimpleNamespace(trial_id="t1")
+    progress.on_trial_result(0, [], trial, {"step": 320, "loss": 0.5})
+    now[0] += 60
+    progress.on_trial_result(0, [], trial, {"step": 340, "loss": 0.4})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.strip() == "trial t1 step 320/720 loss 0.500"  # no pace yet: not from the checkpoint's step
+    assert second.strip() == "trial t1 step 340/720 loss 0.400, about 19.0 min of training left"  # 380 x 3 s

@@ -251,6 +251,7 @@ def _compute_plans(cfg: Config, teacher: TeacherInfo, keys, executor: Executor, 
             "scorer": winner,
             "dev_wer": {s: 100 * dev[tuple(c["drop"])] for s, c in candidates.items()},
             "candidates": {s: c["scores"] for s, c in candidates.items()},
+            "candidate_drops": {s: c["drop"] for s, c in candidates.items()},
         }
     return plans
 
@@ -272,15 +273,15 @@ def plans_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir
 
 
 def scores_by_scorer(plans: dict[str, dict]) -> dict:
-    """scorer -> (LayerScores, the layers its first plan drops), for the importance profile."""
+    """scorer -> (LayerScores, the layers it removes at the deepest cut), for the importance profile."""
     from orchestrator.prune.importance import LayerScores
 
     out: dict = {}
-    for plan in plans.values():
+    for plan in sorted(plans.values(), key=lambda p: -len(p["drop"])):
+        drops = plan.get("candidate_drops", {plan["scorer"]: plan["drop"]})
         for scorer, scores in plan.get("candidates", {plan["scorer"]: plan["scores"]}).items():
             if scorer not in out:
-                drop = plan["drop"] if scorer == plan["scorer"] else []
-                out[scorer] = (LayerScores(**scores), drop)
+                out[scorer] = (LayerScores(**scores), drops.get(scorer, []))
     return out
 
 

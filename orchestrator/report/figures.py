@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,7 +23,7 @@ def importance_profile(scores: dict, path: Path) -> Path:
         ax.bar(range(len(values)), values, color=[CHOSEN if i in drop else "#1f77b4" for i in range(len(values))])
         ax.set_ylabel(name)
         ax.axhline(0, color="black", linewidth=0.5)
-    axes[-1, 0].set_xlabel("decoder layer (red: removed by this scorer)")
+    axes[-1, 0].set_xlabel("decoder layer (red: removed by this scorer at the deepest cut)")
     axes[-1, 0].set_xticks(range(len(scores[names[-1]]["scores"])))
     fig.suptitle("Layer importance (higher: the layer matters more)")
     fig.tight_layout()
@@ -63,8 +64,11 @@ def distillation_curves(curves: dict[str, list[dict]], labels: dict[str, str], p
     """Each student's distillation loss by optimizer step."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for trial, rows in curves.items():
-        points = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=f"drop {labels.get(trial, trial)}")
+        steps, loss = zip(*[(r["step"], r["loss"]) for r in rows if "loss" in r])
+        (line,) = ax.plot(steps, loss, alpha=0.25, linewidth=0.8)  # every step, faint
+        window = max(1, len(loss) // 40)  # and a moving average: the trend through the step-to-step noise
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color=line.get_color(), label=f"drop {labels.get(trial, trial)}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("distillation loss")
     ax.set_yscale("log")

@@ -440,10 +440,9 @@ class TrialProgress(tune.Callback):
     (Tune pickles its callbacks with the experiment: this one holds numbers only.)"""
 
     def __init__(self, steps: int):
-        self.steps, self.started = steps, {}
+        self.steps, self.first = steps, {}  # trial -> (time, step) of its first report in this session
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = time.time()
         say(f"      trial {trial.trial_id} started: {_describe(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -454,8 +453,10 @@ class TrialProgress(tune.Callback):
                 f"{result['n_layers']} layers, speed-up {result['speedup']:.2f}x"
             )
             return
-        spent = time.time() - self.started.get(trial.trial_id, time.time())
-        left = f", about {spent / step * (self.steps - step) / 60:.1f} min of training left" if step else ""
+        # the pace since this session's first report: a resumed trial starts at its checkpoint's step
+        t0, s0 = self.first.setdefault(trial.trial_id, (time.time(), step))
+        pace = (time.time() - t0) / (step - s0) if step > s0 else None
+        left = f", about {pace * (self.steps - step) / 60:.1f} min of training left" if pace else ""
         say(f"      trial {trial.trial_id} step {step}/{self.steps} loss {result.get('loss', float('nan')):.3f}{left}")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # the subcommand's own usage and `prun-tts <command>: error:`, not the top level's
         _refuse_unknown(parser, args.command, unknown)
     args.argv = argv
+    from orchestrator.console import stop_on_sigterm
+
+    stop_on_sigterm()
     if getattr(args, "quiet", False):  # no bars at all, transformers' own (saving, loading) included
         import transformers
 
@@ -119,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LayerSetError) as e:
         print(f"prun-tts {args.command}: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (console.Terminated)
         print(
             f"\nprun-tts {args.command}: interrupted. {RESUMES.get(args.command, 'Nothing was left half-written.')}",
             file=sys.stderr,
         )
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
@@ -364,6 +368,9 @@ def _ray(args):
         ray.init(
             address=address or "local", include_dashboard=False if not address else None, log_to_driver=not args.quiet
         )
+        from orchestrator.console import stop_on_sigterm
+
+        stop_on_sigterm()  # Ray's own SIGTERM handler aborts with a stack dump
     try:
         yield
     except ray.exceptions.RayTaskError as e:  # a missing piece met inside a task: its message, not Ray's trace

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 CHATTY = ("ray", "mlflow", "alembic", "optuna", "py.warnings", "urllib3")
@@ -58,3 +60,21 @@ class _FileMadeOnFirstRecord(logging.FileHandler):
     def _open(self):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler, `ray job stop`), handled as Ctrl-C is: the
+    command stops where it is, keeps what is done and says how to resume (exit 143)."""
+
+    signum = signal.SIGTERM
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises Terminated in the main thread. Call it again after `ray.init`, whose own
+    handler would abort the process with a stack dump and leave the MLflow run RUNNING."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):
+    raise Terminated()

@@ -9,13 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TINY_WORLD
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def test_ctrl_c_in_the_demo_exits_130_with_one_line_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_in_the_demo_exits_130_with_one_line_and_the_same_command_resumes(tmp_path, sig, code):
+    """Ctrl-C, and SIGTERM (kill, timeout, a scheduler) the same way with exit code 143."""
     sets = TINY_WORLD + [
         f"world.teacher.path={tmp_path / 'no-teacher'}",
         f"output_dir={tmp_path / 'runs'}",
@@ -33,9 +36,9 @@ def test_ctrl_c_in_the_demo_exits_130_with_one_line_and_the_same_command_resumes
     while not list((tmp_path / "runs" / "students").glob("*/checkpoint.pt")):  # the first checkpoint (step 50)
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [

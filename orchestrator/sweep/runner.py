@@ -187,7 +187,7 @@ def _local_gpus() -> int:
 
 
 def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, log=print, verbose: bool = False) -> dict:
-    from orchestrator.console import route_chatter
+    from orchestrator.console import route_chatter, stop_on_sigterm
 
     cfg = resolve_paths(cfg)
     address, address_setting = ray_address(address)
@@ -208,6 +208,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
             configure_logging=verbose,
         )
         route_chatter(base / "ray-and-mlflow.log", verbose)  # ray.init resets its logger
+        stop_on_sigterm()  # and installs a SIGTERM handler that aborts
     try:
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         problems = []  # all of them at once: the README's command on a multi-node cluster has both

@@ -96,6 +96,27 @@ def mlflow_api(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
+def submit_sweep(cluster, env_vars: dict, sets: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """The README's `ray job submit ... -- python jobs/sweep.py --config configs/mini.yaml [--set ...]`."""
+    runtime_env = {
+        "env_vars": {"HF_HUB_OFFLINE": "1", **env_vars},
+        "excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"],
+    }
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT)]
+    cmd += [
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "jobs/sweep.py",
+        "--config",
+        "configs/mini.yaml",
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A Ray head (4 logical CPUs) + a second node (4), and an MLflow server, on free ports
@@ -198,29 +219,7 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
         "distill.batch_size=4",
         "distill.epochs=1",
     ]
-    runtime_env = {
-        "env_vars": {"PRUN_TTS_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"},
-        "excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"],
-    }
-    cmd = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        cluster["dashboard"],
-        "--working-dir",
-        str(ROOT),
-        "--runtime-env-json",
-        json.dumps(runtime_env),
-        "--",
-        "python",
-        "jobs/sweep.py",
-        "--config",
-        "configs/mini.yaml",
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    r = subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = submit_sweep(cluster, {"PRUN_TTS_CACHE": str(tmp / "cache")}, sets, 900)
     assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-3000:]
     assert "trade-off" in r.stdout and cluster["mlflow"] in r.stdout
 
@@ -303,27 +302,7 @@ def test_readme_job_with_relative_paths_on_two_nodes_is_refused_saying_what_to_s
     naming the settings, and writes nothing."""
     home = cluster["tmp"] / "home"
     home.mkdir()
-    runtime_env = {
-        "env_vars": {"PRUN_TTS_CACHE": str(cluster["tmp"] / "cache"), "HF_HUB_OFFLINE": "1", "HOME": str(home)},
-        "excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"],
-    }
-    cmd = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        cluster["dashboard"],
-        "--working-dir",
-        str(ROOT),
-        "--runtime-env-json",
-        json.dumps(runtime_env),
-        "--",
-        "python",
-        "jobs/sweep.py",
-        "--config",
-        "configs/mini.yaml",
-    ]
-    r = subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = submit_sweep(cluster, {"PRUN_TTS_CACHE": str(cluster["tmp"] / "cache"), "HOME": str(home)}, [], 600)
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "this cluster has 2 nodes" in out and "sweep.storage_path=/mnt/shared/sweeps" in out, out[-3000:]

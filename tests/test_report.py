@@ -82,7 +82,8 @@ def test_the_page_holds_the_runs_measured_values(demo):
         assert (demo / "report" / src).stat().st_size > 5000, src
     html = (demo / "report" / "index.html").read_text()
     assert html.count("<audio ") == 6 * (1 + len(audio["columns"]))  # the prompt beside every column
-    assert "http://" not in html.replace(page["links"]["paper"], "") and "cdn" not in html.lower()
+    offline = html.replace(f'href="{page["links"]["paper"]}"', "")  # the one link out is the paper's
+    assert "://" not in offline and "cdn" not in html.lower()  # every asset is in the folder
 
 
 def test_report_command_rebuilds_the_same_page_and_refuses_what_it_cannot_trust(demo, tmp_path, capsys):

@@ -414,7 +414,7 @@ def cmd_report(args) -> int:
     uri = tracking.tracking_uri(args.tracking_uri) if args.run else None
     if uri:
         tracking.check_tracking(uri)
-    from orchestrator.sweep.runner import durable  # in a Ray job, relative paths are under ~/prun-tts
+    from orchestrator.pipeline.state import durable  # in a Ray job, relative paths are under ~/prun-tts
 
     folders = [durable(d) for d in args.sweep]
     out = Path(

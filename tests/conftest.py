@@ -110,3 +110,9 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def pytest_collection_modifyitems(items):
+    """The longest files first (`slow(minutes=...)`): with `make test`'s two workers taking a file
+    at a time (pytest-xdist, --dist loadfile), the short files then fill both workers' ends."""
+    items.sort(key=lambda item: -(m.kwargs.get("minutes", 1) if (m := item.get_closest_marker("slow")) else 0))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_WORLD
 
+pytestmark = pytest.mark.slow(minutes=1)
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -19,6 +19,8 @@ import psutil
 import pytest
 from conftest import TINY_WORLD, free_port
 
+pytestmark = pytest.mark.slow(minutes=3)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -21,6 +21,8 @@ from orchestrator.cli import main  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.data.shards import shard_name  # noqa: E402
 
+pytestmark = pytest.mark.slow(minutes=3)
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

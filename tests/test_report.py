@@ -18,6 +18,8 @@ from conftest import TINY_WORLD
 from orchestrator.cli import main
 from orchestrator.config import ConfigError
 
+pytestmark = pytest.mark.slow(minutes=1)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,7 +32,7 @@ NAME = "mini-sweep"
 DISTILL = ["distill.data_fraction=0.5", "distill.batch_size=4", "distill.epochs=6", "train.report_every=2"]
 STEPS = 12
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=8)
 
 
 # ------------------------------------------------------------------ processes this module starts
@@ -276,88 +276,81 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
     assert twice == 0, f"{twice} training-curve points of the resumed trial were logged twice"
 
 
-# ------------------------------------------------------------------ 2. a trial that fails
+# ------------------------------------------------------------------ 2. Train workers that die
 
 
-def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, started):
-    """Two layer sets, one trial at a time, no Train restarts (train.max_failures=0): the first
-    trial's Train workers are killed (as the OOM killer would); the second trial still runs, the
-    failed one is FAILED in MLflow with its error, "error" in trials.csv, and the command exits 1."""
+def test_train_workers_that_die_restart_from_the_checkpoint_until_max_failures(tmp_path, started):
+    """train.max_failures=1, two layer sets, one trial at a time. The first trial's Train workers
+    are killed (as the OOM killer would) mid-training, then their replacements too: two failures,
+    so the trial fails, FAILED in MLflow with its error and "error" in trials.csv. The sweep goes
+    on: the second trial's workers are killed once, Ray Train starts new ones from its last
+    checkpoint, and it finishes with each training step logged once. The command exits 1."""
     cmd = sweep_cmd(
         tmp_path,
         "sweep.space=layer_sets",
         "sweep.layer_sets=['0','1-2']",
         "sweep.local_cpus=3",
         "sweep.max_concurrent_trials=1",
-        "train.max_failures=0",
+        "train.max_failures=1",
     )
     sweep = started(cmd, tmp_path / "sweep.log")
     base = tmp_path / "sweeps" / NAME
+    killed: set[int] = set()
 
-    def train_workers():
-        return [p for p in sweep.members() if "RayTrainWorker" in " ".join(_cmdline(p))]
+    def new_workers():  # the two Train workers of the running trial, none already killed
+        workers = [p for p in sweep.members() if "RayTrainWorker" in " ".join(_cmdline(p)) and p.pid not in killed]
+        return workers if len(workers) == 2 else None
 
-    def first_trial_training():  # its first checkpoint is written: its workers are mid-training
+    def kill(workers):
+        for p in workers:
+            killed.add(p.pid)
+            p.kill()
+
+    def training(runs=None, after: int = 0):
+        """A trial (of `runs`, else any) has a checkpoint past step `after` and two live workers: mid-training."""
         ckpts = latest_checkpoints(base)
-        return len(ckpts) == 1 and train_workers() and next(iter(ckpts))
+        ready = [r for r, m in ckpts.items() if (runs is None or r in runs) and m["step"] > after and "wer" not in m]
+        return ready and new_workers() and ready[0]
 
-    victim = wait_until(first_trial_training, 900, "the first trial's first checkpoint", sweep).removeprefix("train-")
-    workers = train_workers()
-    assert len(workers) == 2, workers
-    for p in workers:
-        p.kill()
+    failed_run = wait_until(training, 900, "the first trial's first checkpoint", sweep)
+    kill(new_workers())
+    first_kill_at = latest_checkpoints(base)[failed_run]["step"]  # read after the kill: no later one comes
+    # its restarted workers, once they train on from the checkpoint: the second failure
+    wait_until(lambda: training([failed_run], first_kill_at), 900, "the first trial's restarted workers", sweep)
+    kill(new_workers())
+    restarted_run = wait_until(
+        lambda: training([r for r in latest_checkpoints(base) if r != failed_run]),
+        900,
+        "the second trial's first checkpoint",
+        sweep,
+    )
+    kill(new_workers())  # its one failure: Train restarts it from the checkpoint
     rc = sweep.wait(900)
     out = sweep.log.read_text()
     assert rc == 1, sweep.tail()
 
+    failed_id, restarted_id = failed_run.removeprefix("train-"), restarted_run.removeprefix("train-")
     rows = trial_rows(base)
     assert sorted(rows) == ["0", "1-2"]
-    failed = next(r for r in rows.values() if r["trial_id"] == victim)
-    other = next(r for r in rows.values() if r["trial_id"] != victim)
-    assert other["status"] == "ok" and float(other["wer"]) >= 0, other  # the sweep went on
+    failed = next(r for r in rows.values() if r["trial_id"] == failed_id)
+    restarted = next(r for r in rows.values() if r["trial_id"] == restarted_id)
     assert failed["status"] == "error" and failed["error"], failed
+    assert restarted["status"] == "ok" and float(restarted["wer"]) >= 0, restarted  # the sweep went on
     assert f"1 trial(s) failed (dropped layers {failed['dropped_layers']})" in out
-    assert f"trial {victim} FAILED" in out
+    assert f"trial {failed_id} FAILED" in out and f"trial {restarted_id} FAILED" not in out
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     roles = runs_by_role(client)
     assert {r: len(v) for r, v in roles.items()} == {"sweep": 1, "baseline": 1, "trial": 2}
     by_trial = {r.data.tags["prun_tts.trial_id"]: r for r in roles["trial"]}
-    assert by_trial[victim].info.status == "FAILED"
-    assert by_trial[victim].data.tags.get("prun_tts.error"), by_trial[victim].data.tags
-    assert by_trial[other["trial_id"]].info.status == "FINISHED"
-    assert "wer" in by_trial[other["trial_id"]].data.metrics
+    assert by_trial[failed_id].info.status == "FAILED"
+    assert by_trial[failed_id].data.tags.get("prun_tts.error"), by_trial[failed_id].data.tags
+    assert by_trial[restarted_id].info.status == "FINISHED" and "wer" in by_trial[restarted_id].data.metrics
     assert roles["sweep"][0].info.status == "FINISHED" and roles["baseline"][0].info.status == "FINISHED"
-
-
-def test_a_trial_whose_workers_die_restarts_from_its_checkpoint(tmp_path, started):
-    """train.max_failures=1: the trial's Train workers are killed once, mid-training; Ray Train
-    starts new ones from the last checkpoint, the trial finishes, the command exits 0, and its
-    MLflow run holds each training step once."""
-    cmd = sweep_cmd(
-        tmp_path, "sweep.space=layer_sets", "sweep.layer_sets=['1-2']", "sweep.local_cpus=3", "train.max_failures=1"
-    )
-    sweep = started(cmd, tmp_path / "sweep.log")
-    base = tmp_path / "sweeps" / NAME
-
-    def train_workers():
-        return [p for p in sweep.members() if "RayTrainWorker" in " ".join(_cmdline(p))]
-
-    wait_until(lambda: latest_checkpoints(base) and len(train_workers()) == 2, 900, "the first checkpoint", sweep)
-    for p in train_workers():
-        p.kill()
-    assert sweep.wait(900) == 0, sweep.tail()
-
-    (row,) = trial_rows(base).values()
-    assert row["status"] == "ok" and float(row["wer"]) >= 0, row
-    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    (trial,) = runs_by_role(client)["trial"]
-    assert trial.info.status == "FINISHED" and "wer" in trial.data.metrics
-    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(by_trial[restarted_id].info.run_id, "train/loss")]
     assert steps == list(range(1, STEPS + 1)), steps  # every step once: none lost, none logged twice
-    reported = steps_reported(base, row["trial_id"])
+    reported = steps_reported(base, restarted_id)
     assert reported == sorted(set(reported)) and reported[-1] == STEPS, reported  # on from the checkpoint
-    assert f"trial {row['trial_id']} FAILED" not in sweep.log.read_text()
 
 
 def _cmdline(p: psutil.Process) -> list[str]:

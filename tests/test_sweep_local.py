@@ -12,6 +12,8 @@ from mlflow import MlflowClient
 
 from orchestrator.cli import main
 
+pytestmark = pytest.mark.slow(minutes=2)
+
 
 def sweep_args(tmp_path, *extra):
     sets = TINY_WORLD + [

@@ -212,7 +212,8 @@ def test_asha_gets_its_own_metric():
 
 
 def test_relative_paths_resolve_under_home_inside_a_ray_job_else_against_the_working_directory(monkeypatch, tmp_path):
-    from orchestrator.sweep.runner import JOB_ENV, resolve_paths
+    from orchestrator.pipeline.state import JOB_ENV
+    from orchestrator.sweep.runner import resolve_paths
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -23,6 +23,21 @@ _UMASK = os.umask(0o022)  # read once (os.umask only reads by setting), then put
 os.umask(_UMASK)
 
 
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray inside `ray job submit`
+
+
+def in_ray_job() -> bool:
+    return JOB_ENV in os.environ
+
+
+def durable(path: str) -> str:
+    """Inside a Ray job the working directory is deleted afterwards: a relative path lands under
+    ~/prun-tts instead (printed first). Elsewhere, relative to where the command runs."""
+    if Path(path).is_absolute() or not in_ray_job():
+        return str(Path(path).resolve())
+    return str(Path.home() / "prun-tts" / path)
+
+
 class StateError(ConfigError):
     """A state file that cannot be trusted (truncated, foreign, or from another computation)."""
 

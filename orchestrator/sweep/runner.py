@@ -23,12 +23,10 @@ from ray import tune
 from orchestrator import tracking
 from orchestrator.config import Config, ConfigError
 from orchestrator.pipeline import stages
-from orchestrator.pipeline.state import atomic_write_json, read_json
+from orchestrator.pipeline.state import atomic_write_json, durable, in_ray_job, read_json
 from orchestrator.report.results import write_results_extras
 from orchestrator.sweep.space import param_space, trial_plan
 from orchestrator.sweep.trial import SweepPayload, run_trial
-
-JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray inside `ray job submit`
 
 
 def ray_address(given: str | None) -> tuple[str | None, str]:
@@ -113,18 +111,6 @@ def _forgetting(fn):
 
     run.__name__ = run.__qualname__ = fn.__name__
     return run
-
-
-def in_ray_job() -> bool:
-    return JOB_ENV in os.environ
-
-
-def durable(path: str) -> str:
-    """Inside a Ray job the working directory is deleted afterwards: a relative path lands under
-    ~/prun-tts instead (printed first). Elsewhere, relative to where the command runs."""
-    if Path(path).is_absolute() or not in_ray_job():
-        return str(Path(path).resolve())
-    return str(Path.home() / "prun-tts" / path)
 
 
 def resolve_paths(cfg: Config) -> Config:

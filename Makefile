@@ -41,10 +41,10 @@ screenshot: $(BROWSER)
 	$(BIN)/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
 	$(BIN)/python scripts/report_screenshot.py --page runs/sweeps/mini-sweep/report --out docs/report-page.png
 
-# Two pytest workers, a test file each at a time (module fixtures are shared within a file):
-# much of a sweep test is waiting on process start-ups and Ray's scheduling, not computing.
+# Two pytest workers, a test file each at a time (module fixtures are shared within a file), the
+# longest files first (tests/conftest.py orders them by their `slow(minutes=...)` mark).
 test: $(STAMP) $(BROWSER)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Formatting and lint (ruff, configured in pyproject.toml); CI runs it before the tests.
 lint: $(STAMP)

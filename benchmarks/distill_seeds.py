@@ -17,8 +17,8 @@ import numpy as np
 
 from orchestrator.builders import build_world, load_teacher, pick_device
 from orchestrator.config import load_config
+from orchestrator.distill.engine import distill
 from orchestrator.evaluate.synthesis import evaluate_model
-from orchestrator.recipes.distill import distill
 
 DROP = [2, 3, 4, 7]
 EVAL_SEEDS = (0, 1, 2)

@@ -16,8 +16,8 @@ import time
 
 from orchestrator.builders import build_world, load_teacher, pick_device
 from orchestrator.config import load_config
+from orchestrator.distill.engine import distill
 from orchestrator.evaluate.synthesis import evaluate_model
-from orchestrator.recipes.distill import distill
 
 
 def main() -> None:

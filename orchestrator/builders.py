@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 
 from orchestrator.config import Config, ConfigError
 from orchestrator.prune.importance import ScoringContext
-from orchestrator.world import World
+from orchestrator.world import World, load_model
 
 
 def build_world(cfg: Config) -> World:
@@ -61,6 +60,16 @@ def teacher_source(cfg: Config, world: World | None = None, progress: bool = Tru
     return str(Path(path).resolve()), meta
 
 
+def configured_teacher(cfg: Config) -> Path | None:
+    """Where the mini world's teacher is configured to be (the shipped one whatever the working
+    directory; it may not exist yet: it is trained on first use); None for the real worlds."""
+    if cfg.world.name != "mini":
+        return None
+    from orchestrator.mini.teacher import configured_path
+
+    return configured_path(cfg)
+
+
 def teacher_layers(cfg: Config) -> int:
     """The teacher's depth, read from its config (no weights loaded)."""
     if cfg.world.name == "mini":
@@ -74,28 +83,6 @@ def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool
     """The frozen teacher and what is known of its training."""
     path, meta = teacher_source(cfg, world, progress)
     return load_model(world, path, device), meta
-
-
-def load_model(world: World, path: str | Path, device: torch.device) -> nn.Module:
-    p = Path(path)
-    if world.name == "mini" and not (p / "config.json").is_file():  # real families explain their own failures
-        raise ConfigError(
-            f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained"
-        )
-    transformers.logging.disable_progress_bar()  # one bar per load is noise in a sweep's many processes
-    model = world.family.load_model(str(p)).to(device).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
-
-
-def save_student(world: World, model: nn.Module, out: str | Path) -> None:
-    """A student as a Hugging Face checkpoint, plus its family's own format where it has one
-    (CosyVoice 2: `native/llm.pt` + `native/CosyVoice-BlankEN`, loadable by CosyVoice's code)."""
-    model.save_pretrained(out)
-    native = getattr(world.family, "save_native", None)
-    if native is not None:
-        native(model, Path(out) / "native")
 
 
 def scoring_context(cfg: Config, world: World, n_drop: int, progress: bool = False) -> ScoringContext:

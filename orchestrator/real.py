@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from orchestrator.config import Config
+from orchestrator.data.seedtts import SeedTTSItems
 from orchestrator.data.shards import ShardPairs
-from orchestrator.evaluate.seedtts import SeedTTSItems
 from orchestrator.world import World
 
 TOKEN_RATES = {"llasa": 50.0, "cosyvoice2": 25.0}  # X-Codec2: 50 codes/s; CosyVoice 2's S3 tokens: 25/s

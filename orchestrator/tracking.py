@@ -13,53 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from orchestrator.config import ConfigError
-
 PARENT = "mlflow.parentRunId"
 ROLE = "prun_tts.role"  # sweep | baseline | trial
-
-
-def tracking_uri(configured: str | None, default_dir: str | Path = "runs") -> str:
-    """The config's URI, else $MLFLOW_TRACKING_URI (MLflow's own convention), else a local sqlite file."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{(Path(default_dir) / 'mlflow.db').resolve()}"
-
-
-def check_tracking(uri: str, timeout: float = 5.0, setting: str = "tracking.uri") -> None:
-    """Refuse an unreachable server or an unwritable sqlite location before any work starts.
-    `setting`: where the URI came from (`tracking.uri`, or `MLFLOW_TRACKING_URI` in the environment)."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status == 200:
-                    return
-                reason = f"HTTP {r.status}"
-        except (urllib.error.URLError, OSError) as e:
-            reason = str(getattr(e, "reason", e))
-        raise ConfigError(
-            f"{setting} {uri}: the MLflow server does not answer ({reason}); start it "
-            "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000) or point "
-            "tracking.uri / MLFLOW_TRACKING_URI at a running one"
-        )
-    if uri.startswith("sqlite:///"):
-        from orchestrator.model_checks import check_output_dir
-
-        check_output_dir(str(Path(uri.removeprefix("sqlite:///")).parent), f"{setting} {uri}")  # creates nothing
-    elif uri.startswith("file:") or "://" not in uri:
-        raise ConfigError(
-            f"{setting} {uri}: MLflow 3 no longer accepts file stores; use sqlite:///ABS/PATH/mlflow.db "
-            f"or an http:// server{' (or unset it)' if setting == 'MLFLOW_TRACKING_URI' else ''}"
-        )
 
 
 def experiment_id(uri: str, name: str) -> str:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import transformers
+from torch import nn
+
+from orchestrator.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +110,28 @@ class World:
     language: str = "en"  # of the texts: WER normalisation, per character for "zh"
     # codes -> a waveform to listen to (the report page); None: the codec's decode is the audio
     vocoder: Any = None
+
+
+# ---------------------------------------------------------------- a world's models on disk
+
+
+def load_model(world: World, path: str | Path, device: torch.device) -> nn.Module:
+    p = Path(path)
+    if world.name == "mini" and not (p / "config.json").is_file():  # real families explain their own failures
+        raise ConfigError(
+            f"{p} holds no model (no config.json): pass a directory written by prun-tts or save_pretrained"
+        )
+    transformers.logging.disable_progress_bar()  # one bar per load is noise in a sweep's many processes
+    model = world.family.load_model(str(p)).to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def save_student(world: World, model: nn.Module, out: str | Path) -> None:
+    """A student as a Hugging Face checkpoint, plus its family's own format where it has one
+    (CosyVoice 2: `native/llm.pt` + `native/CosyVoice-BlankEN`, loadable by CosyVoice's code)."""
+    model.save_pretrained(out)
+    native = getattr(world.family, "save_native", None)
+    if native is not None:
+        native(model, Path(out) / "native")

@@ -94,7 +94,7 @@ def random_teacher(tiny_cfg, tiny_world):
 
 def make_identity(model, layer: int):
     """Zero a layer's output projections: its residual branch adds nothing, so the layer is the identity."""
-    from orchestrator.prune.surgery import decoder_layers
+    from orchestrator.anatomy import decoder_layers
 
     block = decoder_layers(model)[layer]
     with torch.no_grad():

@@ -65,22 +65,22 @@ def _tripwires() -> list[tuple[object, str, str]]:
     import ray._private.worker
     from transformers import AutoModelForCausalLM
 
-    import orchestrator.builders
+    import orchestrator.distill.engine
     import orchestrator.evaluate.synthesis
     import orchestrator.mini.teacher
     import orchestrator.pipeline.stages
-    import orchestrator.recipes.distill
-    import orchestrator.recipes.score
+    import orchestrator.prune.profile
+    import orchestrator.world
 
     return [
         (ray, "init", "ray.init (a Ray cluster was started or joined)"),
         (ray._private.worker, "init", "ray._private.worker.init (a Ray cluster was started or joined)"),
         (orchestrator.mini.teacher, "train_teacher", "train_teacher (the mini teacher was being trained)"),
         (orchestrator.evaluate.synthesis, "evaluate_model", "evaluate_model (synthesis and scoring)"),
-        (orchestrator.recipes.score, "score_all", "score_all (layer scoring)"),
-        (orchestrator.recipes.distill, "distill", "distill (a distillation)"),
+        (orchestrator.prune.profile, "score_all", "score_all (layer scoring)"),
+        (orchestrator.distill.engine, "distill", "distill (a distillation)"),
         (orchestrator.pipeline.stages, "_compute_plans", "_compute_plans (the layer-plan stage)"),
-        (orchestrator.builders, "load_model", "builders.load_model (model weights being loaded)"),
+        (orchestrator.world, "load_model", "world.load_model (model weights being loaded)"),
         (AutoModelForCausalLM, "from_pretrained", "AutoModelForCausalLM.from_pretrained (weights being loaded)"),
     ]
 
@@ -93,7 +93,14 @@ def no_work():
             def tripwire(*args, _label=label, **kwargs):
                 raise WorkStarted(_label)
 
+            original = getattr(obj, attr)
             mp.setattr(obj, attr, tripwire)
+            for module in list(sys.modules.values()):  # and wherever a top-level import bound it
+                if (
+                    getattr(module, "__name__", "").startswith("orchestrator")
+                    and getattr(module, attr, None) is original
+                ):
+                    mp.setattr(module, attr, tripwire)
         yield
 
 
@@ -1155,24 +1162,19 @@ def test_bad_input_through_the_real_entry_points(entry, name, w):
 
 def test_the_bases_pass_every_check(w):
     """Each refusal above is the case's doing: the same commands without the mistake pass the checks."""
-    import argparse
-
-    from orchestrator.cli import check_inputs
     from orchestrator.config import load_config
-    from orchestrator.pipeline import stages
-    from orchestrator.sweep.runner import check_sweep, resolve_paths
+    from orchestrator.pipeline.preflight import preflight
+    from orchestrator.sweep.runner import resolve_paths
 
     def cfg_of(args):
         return load_config(CONFIG, [a for a in args[4:] if a != "--set"])
 
-    no_args = argparse.Namespace(model=None, out=None)
     mini = cfg_of(w.mini("sweep"))
-    check_inputs(mini, no_args)
-    check_sweep(resolve_paths(mini), None)
-    stages.budget_stage(mini, stages.teacher_for_checks(mini))
-    stages.drop_counts(mini, mini.world.teacher.layers)
+    for command in ("sweep", "demo", "score"):
+        preflight(resolve_paths(mini), command)
+    preflight(mini, "distill", drop=[1])
     llasa = cfg_of(w.llasa("evaluate"))
-    check_inputs(llasa, no_args)
+    preflight(llasa, "evaluate")
     from orchestrator.builders import build_world
 
     assert build_world(llasa).name == "llasa"

@@ -4,7 +4,9 @@ at any level, inside functions too, relative ones resolved), so a lazy import ca
 - the mini world (orchestrator/mini/) is imported only by the few places whose job is to
   pick a world (ALLOWED_MINI_IMPORTERS); the real families and the ML core never import it;
 - the ML core (CORE) imports neither Ray nor MLflow, nor the edge modules that do (EDGES);
-- importing every module outside the Ray/MLflow homes loads neither `ray` nor `mlflow`.
+- importing every module outside the Ray/MLflow homes loads neither `ray` nor `mlflow`;
+- the layers (LAYERS) point down: ground floor <- core <- pipeline <- drivers, every module in one;
+- no module outside orchestrator/pipeline/ sequences the method's stages: the driver does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ MINI = "orchestrator.mini"
 # Files outside orchestrator/mini/ that may import it: each picks the mini world on world.name.
 ALLOWED_MINI_IMPORTERS = {
     "orchestrator/builders.py": "build_world / teacher_source pick the mini world (or the real one) on world.name",
-    "orchestrator/cli.py": "`prun-tts train-teacher` trains the mini world's teacher (refused unless world.name=mini)",
+    "orchestrator/recipes/teacher.py": "`prun-tts train-teacher` trains the mini world's teacher (world.name=mini only)",
 }
 # These must never import the mini world, whatever the allow-list says.
 NEVER_MINI = (
@@ -58,7 +60,36 @@ EDGES = ("orchestrator.sweep", "orchestrator.distributed", "orchestrator.trackin
 # Modules that import Ray or MLflow at their top level: left out of the runtime check.
 # (cli.py imports Ray only inside commands, so importing it - `prun-tts --help` - stays light
 # and it is checked; orchestrator/pipeline/ is checked too until it is made an edge here.)
-RAY_MLFLOW_HOMES = ("orchestrator/sweep", "orchestrator/distributed", "orchestrator/tracking.py")
+RAY_MLFLOW_HOMES = (
+    "orchestrator/sweep",
+    "orchestrator/distributed",
+    "orchestrator/tracking.py",
+    "orchestrator/recipes/report.py",  # `prun-tts report --run` reads a sweep's results from MLflow
+)
+
+# A module may import its own layer and the ones below it, never one above. Every module of the
+# package is in exactly one layer: a new one has to be placed.
+LAYERS = {
+    "ground floor": ("orchestrator/__init__.py", "orchestrator/config.py", "orchestrator/files.py"),
+    "core": (
+        *CORE,
+        "orchestrator/anatomy.py",
+        "orchestrator/builders.py",
+        "orchestrator/model_checks.py",
+        "orchestrator/hub.py",
+        "orchestrator/console.py",
+        "orchestrator/assets",
+    ),
+    "pipeline": ("orchestrator/pipeline",),
+    "drivers": (
+        "orchestrator/recipes",
+        "orchestrator/sweep",
+        "orchestrator/report",
+        "orchestrator/distributed",
+        "orchestrator/tracking.py",
+        "orchestrator/cli.py",
+    ),
+}
 
 
 def module_name(rel: str) -> tuple[str, bool]:
@@ -262,3 +293,68 @@ def test_importing_the_core_loads_neither_ray_nor_mlflow():
     assert r.returncode == 0, r.stdout + r.stderr
     bad = json.loads(r.stdout.strip().splitlines()[-1])
     assert not bad, "importing the core loads " + ", ".join(f"{b} (first after importing {m})" for b, m in bad.items())
+
+
+# --- layers and the one driver --------------------------------------------------------------
+
+
+def as_module(rel: str) -> str:
+    return module_name(rel)[0] if rel.endswith(".py") else rel.replace("/", ".")
+
+
+def layer_of(rel: str) -> str:
+    found = [name for name, prefixes in LAYERS.items() if under(rel, prefixes)]
+    assert len(found) == 1, f"{rel} is in {found or 'no layer'}: place it in exactly one of LAYERS"
+    return found[0]
+
+
+def test_every_module_is_in_one_layer():
+    for rel in python_files():
+        layer_of(rel)
+
+
+def test_layers_point_down():
+    names = list(LAYERS)
+    bad = []
+    for rel in python_files():
+        above = [p for name in names[names.index(layer_of(rel)) + 1 :] for p in LAYERS[name]]
+        bad += violations((ROOT / rel).read_text(), rel, tuple(as_module(p) for p in above))
+    assert not bad, "a module imports from a layer above its own (LAYERS):\n" + "\n".join(bad)
+
+
+def test_the_layer_scan_finds_an_upward_import():
+    above = tuple(as_module(p) for p in (*LAYERS["pipeline"], *LAYERS["drivers"]))
+    assert violations("from orchestrator.pipeline.state import cached_stage", "orchestrator/distill/loop.py", above)
+    assert violations("def f():\n    from orchestrator.report import page", "orchestrator/prune/profile.py", above)
+    assert not violations("from orchestrator.files import atomic_write", "orchestrator/distill/loop.py", above)
+
+
+def stage_calls(source: str) -> dict[str, set[str]]:
+    """function name -> the pipeline stages (`*_stage` functions) it calls."""
+    stages = {
+        node.name
+        for node in ast.walk(ast.parse((PACKAGE / "pipeline" / "stages.py").read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name.endswith("_stage")
+    }
+    found: dict[str, set[str]] = {}
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call):
+                    f = node.func
+                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                    if name in stages:
+                        found.setdefault(fn.name, set()).add(name)
+    return found
+
+
+def test_only_the_driver_sequences_the_stages():
+    sequencing = {}
+    for rel in python_files():
+        if not under(rel, ("orchestrator/pipeline",)):
+            for fn, called in stage_calls((ROOT / rel).read_text()).items():
+                if len(called) >= 4:
+                    sequencing[f"{rel}: {fn}"] = sorted(called)
+    assert not sequencing, f"the method is sequenced outside pipeline/driver.py: {sequencing}"
+    driver = stage_calls((PACKAGE / "pipeline" / "driver.py").read_text())
+    assert len(driver["run_pipeline"]) >= 6  # the check would notice a second sequence of them

@@ -335,7 +335,7 @@ def test_a_saved_student_carries_the_cosyvoice_format(teacher_dir, tmp_path):
     """What distillation writes for a CosyVoice 2 student: the HF checkpoint and native/llm.pt."""
     from types import SimpleNamespace
 
-    from orchestrator.builders import save_student
+    from orchestrator.world import save_student
 
     family = CosyVoice2Family.from_dir(teacher_dir, speech_token_size=S)
     student = drop_layers(family.load_model(str(teacher_dir)), drop=[0, 3])

@@ -147,7 +147,7 @@ def test_every_weight_zero_is_refused():
 
 def test_data_budget_holds_distinct_pairs_within_the_fraction(tiny_cfg, tiny_world):
     from orchestrator.config import ConfigError
-    from orchestrator.recipes.distill import plan_budget
+    from orchestrator.distill.budget import plan_budget
 
     teacher_tokens = sum(len(tiny_world.family.training_ids(*tiny_world.train_pairs[i])[0]) for i in range(64))
     cfg = tiny_cfg.model_copy(update={"distill": DistillConfig(data_fraction=0.25, batch_size=4, epochs=3)})

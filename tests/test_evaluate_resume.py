@@ -10,11 +10,11 @@ import torch
 from conftest import TINY_WORLD
 
 import orchestrator.evaluate.synthesis as synthesis
-from orchestrator.builders import save_student
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.pipeline.state import StateError
+from orchestrator.files import StateError
 from orchestrator.recipes.evaluate import evaluate
+from orchestrator.world import save_student
 
 SMALL = ["evaluate.batch_size=2", "evaluate.max_new_tokens=16", "evaluate.passes=1", "device=cpu"]
 SCORED = ("name", "target", "hypothesis", "wer", "sim", "n_codes", "codes")  # all but the timings

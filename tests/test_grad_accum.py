@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from orchestrator.distill import losses
 from orchestrator.distill.data import student_rollouts
 from orchestrator.distill.loop import LossSpec, TrainState, load_checkpoint, save_checkpoint, train_step
-from orchestrator.pipeline.state import StateError
+from orchestrator.files import StateError
 
 SPEECH = torch.arange(40, 97)
 WIDTH = 16

@@ -84,9 +84,10 @@ def test_shipped_teacher_matches_its_config_and_speaks():
     """The teacher in orchestrator/assets was made by `make teacher` from configs/mini.yaml."""
     from pathlib import Path
 
-    from orchestrator.builders import build_world, load_model
+    from orchestrator.builders import build_world
     from orchestrator.evaluate.synthesis import evaluate_model
     from orchestrator.mini.teacher import find_teacher, read_meta, teacher_digest
+    from orchestrator.world import load_model
 
     cfg = load_config("configs/mini.yaml")
     path = Path(cfg.world.teacher.path)

@@ -10,8 +10,8 @@ import soundfile as sf
 
 from orchestrator.config import ConfigError
 from orchestrator.data.manifest import read_manifest
+from orchestrator.data.seedtts import SeedTTSItems, read_meta_list
 from orchestrator.data.shards import read_shards, shard_name, speaker_pairs, write_index, write_shard
-from orchestrator.evaluate.seedtts import SeedTTSItems, read_meta_list
 from orchestrator.world import Sample
 
 
@@ -111,7 +111,7 @@ def test_seedtts_list_is_read_and_prompts_are_encoded_on_first_use(tmp_path):
 
 def test_budget_in_hours_counts_prompt_and_target_speech(tiny_cfg):
     from orchestrator.builders import build_world
-    from orchestrator.recipes.distill import plan_budget
+    from orchestrator.distill.budget import plan_budget
 
     world = build_world(tiny_cfg)
     cfg = tiny_cfg.model_copy(deep=True)

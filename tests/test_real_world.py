@@ -117,7 +117,7 @@ def test_full_path_from_prompt_audio_to_wer_and_similarity(llasa_setup):
 
 def test_shards_with_ray_data_then_prune_and_distil_from_them(llasa_setup, capsys):
     from orchestrator.builders import build_world, load_teacher, pick_device
-    from orchestrator.recipes.distill import distill, read_history
+    from orchestrator.distill.engine import distill, read_history
 
     root, overrides = llasa_setup
     args = ["--config", "configs/mini.yaml", "--quiet", *sum((["--set", o] for o in overrides), [])]

@@ -4,15 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from orchestrator.prune.surgery import (
-    LayerSetError,
-    count_parameters,
-    decoder_layers,
-    drop_layers,
-    kept_layers,
-    layers_removed,
-    resolve_keep,
-)
+from orchestrator.anatomy import count_parameters, decoder_layers, kept_layers
+from orchestrator.prune.surgery import LayerSetError, drop_layers, layers_removed, resolve_keep
 
 
 def manual_forward(teacher, input_ids, keep):

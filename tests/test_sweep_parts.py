@@ -66,13 +66,27 @@ def test_trial_plan_decodes_each_kind_of_trial():
     from orchestrator.pipeline.stages import Plan
     from orchestrator.sweep.space import trial_plan
 
-    plans = {"wli/lowest/2": {"drop": [3, 5], "scorer": "wli"}, "best/lowest/2": {"drop": [1, 2], "scorer": "angular"}}
-    assert trial_plan({"n_drop": 2, "scorer": "wli", "strategy": "lowest"}, plans) == Plan(
-        "wli/lowest/2", (3, 5), "wli", "lowest"
-    )
+    plans = [Plan("wli/lowest/2", (3, 5), "wli", "lowest"), Plan("best/lowest/2", (1, 2), "angular", "lowest")]
+    assert trial_plan({"n_drop": 2, "scorer": "wli", "strategy": "lowest"}, plans) == plans[0]
     best = trial_plan({"n_drop": 2, "scorer": "best", "strategy": "lowest"}, plans)
     assert best.drop == (1, 2) and best.scorer == "angular"  # the scorer that won, not "best"
+    assert trial_plan({"layer_set": "2-1"}, plans) == plans[1]  # a grid trial: the plan of its layer set
     assert trial_plan({"layer_set": "7-2-4"}, plans) == Plan("manual", (2, 4, 7), "manual", "manual")
+
+
+def test_a_grid_makes_one_student_per_distinct_layer_set():
+    from orchestrator.pipeline.stages import Plan, distinct
+    from orchestrator.sweep.space import trial_space
+
+    plans = [
+        Plan("wli/lowest/2", (3, 5), "wli", "lowest"),
+        Plan("angular/lowest/2", (5, 3), "angular", "lowest"),  # the same layers: the same student
+        Plan("wli/lowest/3", (3, 5, 6), "wli", "lowest"),
+    ]
+    students = distinct(plans)
+    assert [p.name for p in students] == ["wli/lowest/2", "wli/lowest/3"]  # the first plan of a layer set kept
+    space = trial_space(cfg_with("sweep.search=grid"), students, 8)
+    assert space == {"layer_set": {"grid_search": ["3-5", "3-5-6"]}}
 
 
 @pytest.mark.parametrize(
@@ -95,7 +109,7 @@ def test_bad_sweeps_are_refused_with_what_to_change(sets, message):
 
 
 def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():
-    from orchestrator.sweep.runner import concurrent_trials
+    from orchestrator.pipeline.preflight import concurrent_trials
 
     c = cfg_with("train.num_workers=2", "train.cpus_per_worker=1", "train.driver_cpus=0.5")
     assert concurrent_trials(c, {"CPU": 8}) == 3  # 8 // 2.5
@@ -107,8 +121,8 @@ def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():
 
 
 def test_unreachable_ray_address_and_tracking_server_are_refused():
-    from orchestrator.sweep.runner import check_address
-    from orchestrator.tracking import check_tracking
+    from orchestrator.pipeline.preflight import check_address
+    from orchestrator.pipeline.preflight import check_tracking
 
     port = free_port()
     with pytest.raises(ConfigError, match="no Ray cluster answers"):
@@ -120,7 +134,7 @@ def test_unreachable_ray_address_and_tracking_server_are_refused():
 
 
 def test_tracking_uri_prefers_config_then_environment_then_local_sqlite(monkeypatch, tmp_path):
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.pipeline.preflight import tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking_uri("http://given:5000", tmp_path) == "http://given:5000"
@@ -212,7 +226,7 @@ def test_asha_gets_its_own_metric():
 
 
 def test_relative_paths_resolve_under_home_inside_a_ray_job_else_against_the_working_directory(monkeypatch, tmp_path):
-    from orchestrator.pipeline.state import JOB_ENV
+    from orchestrator.files import JOB_ENV
     from orchestrator.sweep.runner import resolve_paths
 
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,6 @@ DDP all-reduces the gradients once per step, on the last micro-batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pickle
 import random
@@ -28,7 +27,7 @@ from torch import nn
 
 from orchestrator.config import DistillConfig
 from orchestrator.distill import data, losses
-from orchestrator.pipeline.state import StateError, atomic_write
+from orchestrator.files import StateError, atomic_write, differing_keys
 
 
 @dataclasses.dataclass
@@ -245,8 +244,8 @@ def data_parallel_group(model: nn.Module) -> tuple[object, int]:
     return group, dist.get_world_size(group)
 
 
-def _sum_over_ranks(values: list[float], group, world: int, device: torch.device) -> list[float]:
-    if world == 1:
+def _sum_over_ranks(values: list[float], group, world_size: int, device: torch.device) -> list[float]:
+    if world_size == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, group=group)
@@ -329,13 +328,13 @@ def _accumulate(
     counts = [losses.token_counts(b) for b in micro_batches]
     kinds = ("speech", "mask")
     local = {c: sum(n[c] for n in counts) for c in kinds}
-    group, world = data_parallel_group(model)
+    group, world_size = data_parallel_group(model)
     # one all-reduce: the step's counts, and the first micro-batch's (for the adaptive divisors)
-    summed = _sum_over_ranks([local[c] for c in kinds] + [counts[0][c] for c in kinds], group, world, device)
+    summed = _sum_over_ranks([local[c] for c in kinds] + [counts[0][c] for c in kinds], group, world_size, device)
     step_count = dict(zip(kinds, summed[:2]))
     first_count = dict(zip(kinds, summed[2:]))
     # a summed term times this, on every rank, then averaged by DDP: the global per-token mean
-    factor = {k: world / max(step_count[losses.COUNTED_OVER[k]], 1.0) for k in names}
+    factor = {k: world_size / max(step_count[losses.COUNTED_OVER[k]], 1.0) for k in names}
     divisor = dict.fromkeys(names, 1.0)
     sums = dict.fromkeys(names, 0.0)  # each term summed over this rank's tokens
     last = len(micro_batches) - 1
@@ -361,7 +360,7 @@ def _accumulate(
                 student_out = model(**inputs)
                 terms = compute_losses(student_out, teacher_out, batch, spec, not on_policy, reduction="sum")
             if i == 0 and state.adaptive:
-                divisor = _adaptive_divisors(state.adaptive, terms, first_count, group, world, device)
+                divisor = _adaptive_divisors(state.adaptive, terms, first_count, group, world_size, device)
             loss = sum(spec.weights[k] * v * (factor[k] / divisor[k]) for k, v in terms.items())
             (state.scaler.scale(loss) if state.scaler else loss).backward()
         for k, v in terms.items():
@@ -370,7 +369,7 @@ def _accumulate(
     totals = {k: sums[k] / max(local[losses.COUNTED_OVER[k]], 1) for k in names}
     totals["loss"] = sum(spec.weights[k] * totals[k] / divisor[k] for k in names)
     if state.adaptive:  # the running scales follow the step's per-token means over every rank
-        summed = _sum_over_ranks([sums[k] for k in names], group, world, device)
+        summed = _sum_over_ranks([sums[k] for k in names], group, world_size, device)
         for k, v in zip(names, summed):
             state.adaptive.update(k, v / max(step_count[losses.COUNTED_OVER[k]], 1.0))
     return totals
@@ -381,13 +380,13 @@ def _adaptive_divisors(
     terms: dict[str, torch.Tensor],
     first_count: dict[str, float],
     group,
-    world: int,
+    world_size: int,
     device: torch.device,
 ) -> dict[str, float]:
     """One divisor per term for the whole step (the same on every rank): the running scale with
     the first micro-batch's per-token mean over all ranks entered (not stored)."""
     names = list(terms)
-    summed = _sum_over_ranks([float(terms[k].detach()) for k in names], group, world, device)
+    summed = _sum_over_ranks([float(terms[k].detach()) for k in names], group, world_size, device)
     out = {}
     for k, v in zip(names, summed):
         n = first_count[losses.COUNTED_OVER[k]]
@@ -456,14 +455,9 @@ def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | Non
             f"{path} is not a distillation checkpoint (no {', '.join(_CHECKPOINT_KEYS)}); "
             "delete it or point at the right file"
         )
-    if fingerprint is not None and _plain(blob.get("fingerprint")) != _plain(fingerprint):
-        saved = blob.get("fingerprint")
-        if isinstance(saved, dict):
-            plain_saved, plain_now = _plain(saved), _plain(fingerprint)
-            keys = sorted(k for k in {*plain_saved, *plain_now} if plain_saved.get(k) != plain_now.get(k))
-            what = f"other settings (differing: {', '.join(keys)})"
-        else:
-            what = "no fingerprint of its settings"
+    keys = None if fingerprint is None else differing_keys(blob.get("fingerprint"), fingerprint)
+    if keys != [] and fingerprint is not None:
+        what = f"other settings (differing: {', '.join(keys)})" if keys else "no fingerprint of its settings"
         raise StateError(
             f"the distillation checkpoint {path} was saved with {what}; delete it to start afresh, "
             "or resume with the settings it was saved with"
@@ -504,8 +498,3 @@ def _set_rng_states(rng: dict) -> None:
             torch.cuda.set_rng_state(s.cpu(), i)
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-
-
-def _plain(data):
-    """`data` as plain JSON values (tuples as lists), to compare fingerprints."""
-    return json.loads(json.dumps(data, sort_keys=True, default=str))

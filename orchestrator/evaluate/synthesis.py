@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from orchestrator.anatomy import count_parameters, decoder_layers
 from orchestrator.config import EvalConfig
 from orchestrator.evaluate.metrics import PeakMemory, Stopwatch, utterance_wer
 from orchestrator.generation.decode import decode, decoding_rules, length_bounds
-from orchestrator.prune.surgery import count_parameters, decoder_layers
 from orchestrator.world import EvalItem, Family, World
 
 

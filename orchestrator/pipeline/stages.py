@@ -1,26 +1,28 @@
 """The method as stages: plain functions with typed inputs and outputs, no Ray, no MLflow.
 
-    teacher -> baseline -> layer plans -> data budget (+ teacher cache) -> students -> trade-off
+    teacher -> baseline -> layer plans -> data budget (+ teacher cache) -> students
+            -> pruned-only figures -> trade-off
 
-`prun-tts demo` runs them in this process (`LocalExecutor`); `prun-tts sweep` runs the same
-functions on Ray (`sweep.runner.RayExecutor` for the stage tasks, Tune + Train for the
-students). Every stage that computes something keeps it in a fingerprinted state file
-(pipeline/state.py), so a rerun reuses what is still valid and recomputes what is not.
+`pipeline/driver.py` sequences them, once, for both drivers: `prun-tts demo` hands it this
+process (`LocalExecutor`), `prun-tts sweep` hands it Ray (`sweep.runner.RayExecutor` for the
+stage tasks, Tune + Train for the students). Every stage that computes something keeps it in
+a fingerprinted state file (pipeline/state.py), so a rerun reuses what is still valid and
+recomputes what is not.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.config import Config, ConfigError
-from orchestrator.pipeline.state import atomic_write_json, atomic_write_text, cached_stage, digest, file_digest
+from orchestrator.files import digest, file_digest
+from orchestrator.pipeline.state import cached_stage, load_state, save_state
+from orchestrator.prune.surgery import label, parse_label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +39,18 @@ class TeacherInfo:
 class Plan:
     """One student to make: the layers it drops and what chose them."""
 
-    name: str  # scorer/strategy/n_drop of the search space ("manual" for explicit sets)
+    name: str  # scorer/strategy/n_drop of the search space ("manual" for explicit sets and blocks)
     drop: tuple[int, ...]
     scorer: str  # for prune.scorer=best: the scorer that won
     strategy: str
+    scores: dict | None = None  # the chosen scorer's LayerScores, as a dict
+    dev_wer: dict[str, float] | None = None  # prune.scorer=best: each candidate's pruned-only dev WER (%)
+    candidates: dict[str, dict] | None = None  # prune.scorer=best: each candidate scorer's LayerScores
+    candidate_drops: dict[str, list[int]] | None = None  # and the layers each would remove
+
+    @property
+    def label(self) -> str:
+        return label(self.drop)
 
 
 class Executor(Protocol):
@@ -61,7 +71,8 @@ _LOADED: dict[str, Any] = {}  # one (world, teacher) per process: tasks of one s
 
 def world_and_teacher(cfg: Config, teacher: TeacherInfo):
     """The world and the frozen teacher on this process's device, loaded once per process."""
-    from orchestrator.builders import build_world, load_model, pick_device
+    from orchestrator.builders import build_world, pick_device
+    from orchestrator.world import load_model
 
     key = digest([cfg.world.model_dump(), teacher.path, cfg.device])
     if key not in _LOADED:
@@ -146,20 +157,36 @@ def baseline_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_
     return metrics
 
 
+# A model's figures against the teacher, in the order every table shows them: the one list behind
+# quality_metrics, the console table, trials.csv, the MLflow child-run contract and the page.
+METRICS = ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "peak_mem_mb")
+# What a distilled student adds: its data budget, and the teacher-cache hits (sweep trials).
+BUDGET_METRICS = ("data_pairs", "data_hours", "data_tokens", "teacher_cache_hits")
+
+
 def quality_metrics(ev, speed: float, baseline: dict) -> dict:
-    """The child-run contract's metrics (WER in %, deltas against the teacher's baseline)."""
+    """`METRICS` of an evaluation (WER in %, deltas against the teacher's baseline)."""
     wer = 100 * ev.wer
-    return {
-        "wer": wer,
-        "sim": ev.sim,
+    values = {
         "n_layers": ev.n_layers,
         "params_m": ev.params / 1e6,
-        "rtf": ev.rtf,
-        "speedup": speed,
+        "wer": wer,
+        "sim": ev.sim,
         "wer_delta": wer - baseline["wer"],
         "sim_delta": ev.sim - baseline["sim"],
+        "rtf": ev.rtf,
+        "speedup": speed,
         "peak_mem_mb": ev.peak_mem_mb,
     }
+    return {k: values[k] for k in METRICS}
+
+
+def describe(metrics: dict) -> str:
+    """A model's figures in one progress line."""
+    return (
+        f"WER {metrics['wer']:.2f}% ({metrics['wer_delta']:+.2f}), {metrics['n_layers']} layers, "
+        f"speed-up {metrics['speedup']:.2f}x"
+    )
 
 
 # ---------------------------------------------------------------- 3. layer plans
@@ -256,11 +283,11 @@ def _compute_plans(cfg: Config, teacher: TeacherInfo, keys, executor: Executor, 
     return plans
 
 
-def plans_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict[str, dict]:
-    """Each (scorer, strategy, n_drop) of the config -> {"drop", "scorer", "scores", ...}; once per teacher."""
+def _scored_plans(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log) -> list[Plan]:
+    """Each (scorer, strategy, n_drop) of prune.*, in that order, as a Plan; computed once per teacher."""
     keys = plan_keys(cfg, teacher.n_layers)
     if not keys:
-        return {}
+        return []
     fingerprint = {
         "teacher": teacher.digest,
         "world": world_fingerprint(cfg),
@@ -269,20 +296,68 @@ def plans_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir
         "keys": keys,
         "code": code_digest(),
     }
-    return cached_stage(state_dir, "plans", fingerprint, lambda: _compute_plans(cfg, teacher, keys, executor, log), log)
+    plans = cached_stage(
+        state_dir, "plans", fingerprint, lambda: _compute_plans(cfg, teacher, keys, executor, log), log
+    )
+    return [
+        Plan(
+            name,
+            tuple(p["drop"]),
+            p["scorer"],
+            name.split("/")[1],
+            p["scores"],
+            p.get("dev_wer"),
+            p.get("candidates"),
+            p.get("candidate_drops"),
+        )
+        for name, p in plans.items()
+    ]
 
 
-def scores_by_scorer(plans: dict[str, dict]) -> dict:
+def plans_stage(
+    cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, space: str = "selected", log=print
+) -> list[Plan]:
+    """The students of a search space (sweep.space): prune.*'s plans (`selected`: each scorer's
+    choice, prune.scorer=best's winner), or the given layer sets, or every contiguous block of
+    prune.ratio's sizes; nothing is scored for the last two."""
+    if space == "selected":
+        return _scored_plans(cfg, teacher, executor, state_dir, log)
+    if space == "layer_sets":
+        drops = [parse_label(text) for text in cfg.sweep.layer_sets]
+    else:
+        counts = drop_counts(cfg, teacher.n_layers)
+        drops = [tuple(range(s, s + k)) for k in counts for s in range(teacher.n_layers - k + 1)]
+    return [Plan("manual", drop, "manual", "manual") for drop in drops]
+
+
+def distinct(plans: Sequence[Plan]) -> list[Plan]:
+    """One plan per layer set (plans that agree on the layers make one student), first one kept."""
+    seen: dict[tuple[int, ...], Plan] = {}
+    for plan in plans:
+        seen.setdefault(tuple(sorted(plan.drop)), plan)
+    return list(seen.values())
+
+
+def scores_by_scorer(plans: Sequence[Plan]) -> dict:
     """scorer -> (LayerScores, the layers it removes at the deepest cut), for the importance profile."""
     from orchestrator.prune.importance import LayerScores
 
     out: dict = {}
-    for plan in sorted(plans.values(), key=lambda p: -len(p["drop"])):
-        drops = plan.get("candidate_drops", {plan["scorer"]: plan["drop"]})
-        for scorer, scores in plan.get("candidates", {plan["scorer"]: plan["scores"]}).items():
+    for plan in sorted((p for p in plans if p.scores is not None), key=lambda p: -len(p.drop)):
+        drops = plan.candidate_drops or {plan.scorer: list(plan.drop)}
+        for scorer, scores in (plan.candidates or {plan.scorer: plan.scores}).items():
             if scorer not in out:
                 out[scorer] = (LayerScores(**scores), drops.get(scorer, []))
     return out
+
+
+def describe_plan(plan: Plan) -> str:
+    """A plan in one progress line: what it drops, and for prune.scorer=best, why."""
+    line = f"      {plan.name:>20}: drop {list(plan.drop)}"
+    if plan.dev_wer:
+        dev = ", ".join(f"{s} {w:.2f}%" for s, w in plan.dev_wer.items())
+        line += f" ({plan.scorer}; pruned-only dev WER {dev})"
+    return line
 
 
 # ---------------------------------------------------------------- 4. data budget and teacher cache
@@ -291,7 +366,7 @@ def scores_by_scorer(plans: dict[str, dict]) -> dict:
 def budget_stage(cfg: Config, teacher: TeacherInfo):
     """The distillation data every student gets (refuses a budget smaller than one batch)."""
     from orchestrator.builders import build_world
-    from orchestrator.recipes.distill import plan_budget
+    from orchestrator.distill.budget import plan_budget
 
     return plan_budget(cfg, build_world(cfg), teacher.train_tokens)
 
@@ -355,26 +430,78 @@ def evaluate_student(cfg: Config, world, teacher_model, student, baseline: dict)
     return quality_metrics(ev, speed, baseline), ev.items
 
 
+def pruned_only_task(cfg: Config, teacher: TeacherInfo, drop: list[int], baseline: dict) -> dict:
+    """A student's pruned-only figures (the teacher minus its layers, not distilled) on the test list."""
+    from orchestrator.evaluate.synthesis import evaluate_model
+    from orchestrator.prune.surgery import drop_layers
+
+    world, model = world_and_teacher(cfg, teacher)
+    ev = evaluate_model(drop_layers(model, drop=drop), world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
+    return quality_metrics(ev, float("nan"), baseline)
+
+
+def pruned_only_stage(
+    cfg: Config,
+    teacher: TeacherInfo,
+    drops: Sequence[Sequence[int]],
+    baseline: dict,
+    executor: Executor,
+    state_dir: Path,
+    log=print,
+) -> dict[str, dict]:
+    """label -> pruned-only metrics of every layer set, each kept in its own state file; the ones
+    not computed yet run as one batch of tasks."""
+    wanted = {label(d): sorted(d) for d in drops}
+    key = lambda d: {  # noqa: E731
+        "teacher": teacher.digest,
+        "world": world_fingerprint(cfg),
+        "drop": d,
+        "code": code_digest(),
+        "evaluate": cfg.evaluate.model_dump(),
+    }
+    found = {name: load_state(state_dir, "pruned", key(d)) for name, d in wanted.items()}
+    todo = [name for name, value in found.items() if value is None]
+    for name, value in zip(todo, executor.map(pruned_only_task, [(cfg, teacher, wanted[n], baseline) for n in todo])):
+        save_state(state_dir, "pruned", key(wanted[name]), value)
+        found[name] = value
+    if len(todo) < len(wanted) and log:
+        log(f"      reusing {len(wanted) - len(todo)} pruned-only evaluation(s) from {state_dir}")
+    return found
+
+
 # ---------------------------------------------------------------- 6. trade-off
 
 
-ROW_METRICS = ("n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "rtf", "speedup", "loss")
+@dataclasses.dataclass
+class StudentResult:
+    """What a student runner hands back for one student."""
+
+    trial_id: str
+    plan: Plan
+    status: str  # ok | stopped (by the scheduler) | error
+    metrics: dict  # METRICS (+ BUDGET_METRICS, the last training loss) as far as it got
+    evaluation: dict | None = None  # {**metrics, "items": every test item}: finished students
+    curve: list[dict] = dataclasses.field(default_factory=list)  # the distillation curve, a row per step
+    error: str = ""
 
 
-def trial_row(trial_id: str, plan: Plan, n_layers: int, status: str, metrics: dict, error: str = "") -> dict:
-    label = "-".join(map(str, plan.drop))
-    row = {
-        "trial_id": trial_id,
-        "dropped_layers": label,
-        "scorer": plan.scorer,
-        "strategy": plan.strategy,
-        "status": status,
-        "label": label,
-        "error": error,
-    }
-    row.update({k: metrics.get(k, float("nan")) for k in ROW_METRICS})
+ROW_COLUMNS = ("trial_id", "dropped_layers", "scorer", "strategy", "status", "label", "error")
+
+
+def trial_row(result: StudentResult, n_layers: int, pruned: dict | None = None) -> dict:
+    """A student as a row of trials.csv: who it is, METRICS, its last training loss, its wall
+    time and its pruned-only WER."""
+    plan, metrics = result.plan, result.metrics
+    row = dict(
+        zip(
+            ROW_COLUMNS,
+            (result.trial_id, plan.label, plan.scorer, plan.strategy, result.status, plan.label, result.error),
+        )
+    )
+    row.update({k: metrics.get(k, float("nan")) for k in (*METRICS, "loss")})
     row["time_s"] = metrics.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
-    if status != "ok":
+    row["pruned_wer"] = (pruned or {}).get("wer", float("nan"))
+    if result.status != "ok":
         row["n_layers"] = n_layers - len(plan.drop)
     return row
 
@@ -383,30 +510,12 @@ def sort_rows(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["n_layers"], r["wer"] if r["status"] == "ok" else math.inf))
 
 
-def tradeoff_stage(rows: list[dict], baseline: dict, out: Path) -> dict[str, Path]:
-    """trials.csv (every student), baseline.json (the teacher), pareto.json (the undominated
-    students) and pareto.png."""
-    from orchestrator.evaluate.tradeoff import pareto_front, plot_tradeoff
-
-    out.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    csv_path = atomic_write_text(out / "trials.csv", text.getvalue())
-    done = [r for r in rows if r["status"] == "ok"]
-    png = plot_tradeoff(done, {**baseline, "label": "teacher"}, out / "pareto.png")
-    front = atomic_write_json(out / "pareto.json", pareto_front(done))
-    teacher = atomic_write_json(out / "baseline.json", baseline)
-    return {"csv": csv_path, "baseline": teacher, "png": png, "pareto": front}
-
-
 def format_trials(rows: list[dict], baseline: dict) -> str:
     lines = [
-        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | SIM   | speed-up |",
-        "|--------------------------|--------------------|-------|--------|--------|-------|----------|",
+        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | pruned only | SIM   | speed-up |",
+        "|--------------------------|--------------------|-------|--------|--------|-------------|-------|----------|",
         f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
-        f"|   0.00 | {baseline['sim']:.3f} |    1.00x |",
+        f"|   0.00 |           - | {baseline['sim']:.3f} |    1.00x |",
     ]
     for r in rows:
         who = f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
@@ -414,16 +523,8 @@ def format_trials(rows: list[dict], baseline: dict) -> str:
             why = "stopped early by the scheduler" if r["status"] == "stopped" else f"failed: {r['error'][:60]}"
             lines.append(f"{who}| {why}")
             continue
-        lines.append(f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['sim']:.3f} | {r['speedup']:7.2f}x |")
+        lines.append(
+            f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['pruned_wer']:11.2f} | {r['sim']:.3f} "
+            f"| {r['speedup']:7.2f}x |"
+        )
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- 7. report
-
-
-def report_stage(results: Path, out: Path, log=print) -> Path:
-    """The listening page of a results folder (report/page.py); its index.html."""
-    from orchestrator.report.page import build_report
-    from orchestrator.report.results import read_results
-
-    return build_report([read_results(results)], out, log)

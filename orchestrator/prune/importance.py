@@ -26,11 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from orchestrator import config
+from orchestrator.anatomy import decoder_layers
 from orchestrator.config import ConfigError, EvalConfig
 from orchestrator.distill.data import collate
 from orchestrator.distill.losses import speech_ce
 from orchestrator.evaluate.synthesis import evaluate_model
-from orchestrator.prune.surgery import decoder_layers, layers_removed
+from orchestrator.prune.surgery import layers_removed
 from orchestrator.world import World
 
 

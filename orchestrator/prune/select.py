@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from orchestrator.anatomy import decoder_layers
 from orchestrator.config import STRATEGIES  # the names the config accepts
 from orchestrator.prune.importance import LayerScores, ScoringContext, score_layers
-from orchestrator.prune.surgery import decoder_layers, layers_removed
+from orchestrator.prune.surgery import layers_removed
 
 
 def lowest(scores: LayerScores, k: int) -> list[int]:

@@ -15,31 +15,11 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from torch import nn
 
+from orchestrator.anatomy import decoder_layers, text_config
+
 
 class LayerSetError(ValueError):
     """A requested layer set that cannot be applied; the message says what to change."""
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder's list of layers."""
-    n = _text_config(model).num_hidden_layers
-    for path in ("model.layers", "model.model.layers", "llm.model.model.layers", "layers"):
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) == n:
-            return obj
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise TypeError(f"{type(model).__name__}: found no ModuleList of {n} decoder layers")
-
-
-def _text_config(model: nn.Module):
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def resolve_keep(n_layers: int, keep: Iterable[int] | None = None, drop: Iterable[int] | None = None) -> list[int]:
@@ -64,7 +44,7 @@ def resolve_keep(n_layers: int, keep: Iterable[int] | None = None, drop: Iterabl
 
 def drop_layers(model: nn.Module, keep: Sequence[int] | None = None, drop: Sequence[int] | None = None) -> nn.Module:
     """A copy of `model` with only the `keep` layers (or without the `drop` layers), in order."""
-    kept = resolve_keep(_text_config(model).num_hidden_layers, keep, drop)
+    kept = resolve_keep(text_config(model).num_hidden_layers, keep, drop)
     student = copy.deepcopy(model)
     _keep_in_place(student, kept)
     return student
@@ -76,7 +56,7 @@ def layers_removed(model: nn.Module, drop: Sequence[int]) -> Iterator[nn.Module]
 
     Scorers use this to try many layer sets on a large model without copying it.
     """
-    cfg = _text_config(model)
+    cfg = text_config(model)
     kept = resolve_keep(cfg.num_hidden_layers, drop=drop)
     layers = decoder_layers(model)
     saved_layers = list(layers)
@@ -97,7 +77,7 @@ def layers_removed(model: nn.Module, drop: Sequence[int]) -> Iterator[nn.Module]
 
 
 def _keep_in_place(model: nn.Module, kept: list[int]) -> None:
-    cfg = _text_config(model)
+    cfg = text_config(model)
     n = cfg.num_hidden_layers
     layers = decoder_layers(model)
     new_layers = nn.ModuleList([layers[i] for i in kept])
@@ -124,17 +104,11 @@ def _replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise RuntimeError("decoder layer list not found in the model")
 
 
-def kept_layers(model: nn.Module) -> list[int]:
-    """Teacher indices of the layers this model holds (all of them for an unpruned model)."""
-    cfg = _text_config(model)
-    info = getattr(cfg, "prun_tts", None) or {}
-    return list(info.get("kept_layers", range(cfg.num_hidden_layers)))
+def label(drop: Iterable[int]) -> str:
+    """A layer set as text, its one spelling everywhere (tables, MLflow, folders): "2-3-4-7"."""
+    return "-".join(map(str, sorted(drop)))
 
 
-def count_parameters(model: nn.Module) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:  # tied embeddings count once
-            seen.add(id(p))
-            total += p.numel()
-    return total
+def parse_label(text: str) -> tuple[int, ...]:
+    """`label`'s inverse: "7-2-4" -> (2, 4, 7)."""
+    return tuple(sorted(int(x) for x in text.split("-")))

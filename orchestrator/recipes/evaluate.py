@@ -35,7 +35,7 @@ from pathlib import Path
 
 from orchestrator.config import Config, ConfigError
 from orchestrator.evaluate.synthesis import Evaluation, read_results
-from orchestrator.pipeline.state import StateError, atomic_write_json, digest, file_digest, read_json
+from orchestrator.files import StateError, atomic_write_json, differing_keys, digest, file_digest, read_json
 from orchestrator.world import EvalItem, World
 
 
@@ -124,7 +124,11 @@ def claim_results(run: EvalRun, results: Path, items: Sequence[EvalItem], passes
             f"is unknown (a copied or renamed file, or one from an older prun-tts); {redo}"
         )
     blob = read_json(keyfile, "the evaluation key file")
-    if not isinstance(blob, dict) or blob.get("key") != run.key or blob.get("fingerprint") != _plain(run.fingerprint):
+    if (
+        not isinstance(blob, dict)
+        or blob.get("key") != run.key
+        or differing_keys(blob.get("fingerprint"), run.fingerprint) != []
+    ):
         raise StateError(
             f"the results file {results} belongs to another evaluation: its key file {keyfile} does not hold "
             f"key {run.key} (copied or renamed files?); {redo}"
@@ -155,11 +159,6 @@ def _prefix_sha256(path: Path, size: int) -> str:
         return hashlib.sha256(f.read(size)).hexdigest()
 
 
-def _plain(data):
-    """`data` as it reads back from JSON, to compare with a loaded fingerprint."""
-    return json.loads(json.dumps(data, default=str))
-
-
 def evaluate(
     cfg: Config,
     model: str | None = None,
@@ -173,7 +172,8 @@ def evaluate(
     earlier run of the same model and settings scored. `cluster()`: the Ray context for
     `shards > 1`. Prints the summary (JSON, on stdout) and where it went (stderr) if `echo`.
     Returns the evaluation and the path of its summary."""
-    from orchestrator.builders import build_world, load_model, pick_device, teacher_source
+    from orchestrator.builders import build_world, pick_device, teacher_source
+    from orchestrator.world import load_model
 
     if shards < 1:
         raise ConfigError(f"--shards {shards}: give 1 or more")

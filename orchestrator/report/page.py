@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config import Config, ConfigError
-from orchestrator.pipeline.state import atomic_write_json, atomic_write_text
+from orchestrator.files import atomic_write_json, atomic_write_text
 from orchestrator.report import figures
-from orchestrator.report.results import Results
+from orchestrator.report.results import Results, read_results
 from orchestrator.speech.audio import save_audio
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -101,6 +101,11 @@ def build_report(sources: list[Results], out: str | Path, log=print) -> Path:
     work.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return out / "index.html"
+
+
+def report_of(results: Path, out: Path, log=print) -> Path:
+    """The page of one run's results folder (what the demo and the sweep end with); its index.html."""
+    return build_report([read_results(results)], out, log)
 
 
 def check_report_dir(out: Path) -> None:

@@ -1,59 +1,18 @@
-"""A run's results folder: everything the report page is made from, in one place.
-
-The demo and the sweep both end by writing `results/`:
-
-    trials.csv  baseline.json  pareto.json  pareto.png     the trade-off (pipeline stage 6)
-    config.json                                          the settings (the world is rebuilt from them)
-    scores.json                                          each scorer's layer scores and choice
-    budget.json                                          the distillation data against the teacher's
-    evaluations/teacher.json, evaluations/<trial>.json   metrics and every test item (text, codes, WER)
-    curves/<trial>.csv                                   the distillation curve, one row per step
-    manifest.json                                        sha256 of every file above, written last
-
-The sweep logs the folder to its MLflow run, so `prun-tts report --run` reads back the same
-bytes. The manifest is how a reader knows the folder is whole: a file missing, cut short or
-from another run is refused by name.
+"""A run's results folder read back: every file checked against its manifest (the folder's
+layout and its one writer: orchestrator/pipeline/results.py).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import math
 from pathlib import Path
 
 from orchestrator.config import ConfigError
-from orchestrator.pipeline.state import atomic_write_json, read_json
-
-MANIFEST = "manifest.json"
-
-
-def write_results_extras(
-    out: Path,
-    config: dict,
-    teacher_evaluation: dict,
-    evaluations: dict[str, dict],
-    curves: dict[str, list[dict]],
-    scores: dict,
-    budget: dict,
-) -> Path:
-    """Add to `out` (where the trade-off stage wrote its files) what the report needs, then the
-    manifest of the whole folder. `teacher_evaluation`: the baseline stage's {"metrics", "items"};
-    `evaluations` ({**metrics, "items"}) and `curves` are keyed by trial id."""
-    from orchestrator.recipes.distill import write_history
-
-    atomic_write_json(out / "config.json", config)
-    atomic_write_json(out / "scores.json", scores)
-    atomic_write_json(out / "budget.json", budget)
-    teacher = {**teacher_evaluation["metrics"], "items": teacher_evaluation["items"]}  # as the students' are
-    atomic_write_json(out / "evaluations" / "teacher.json", teacher)
-    for trial, evaluation in evaluations.items():
-        atomic_write_json(out / "evaluations" / f"{trial}.json", evaluation)
-    for trial, rows in curves.items():
-        write_history(out / "curves" / f"{trial}.csv", rows)
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-    return atomic_write_json(out / MANIFEST, {str(p.relative_to(out)): _sha256(p) for p in files})
+from orchestrator.distill.engine import read_history
+from orchestrator.files import read_json
+from orchestrator.pipeline.results import MANIFEST, TEXT_COLUMNS, sha256
 
 
 @dataclasses.dataclass
@@ -74,11 +33,9 @@ class Results:
 def read_results(folder: str | Path) -> Results:
     """A results folder (a run's output_dir, a sweep's storage folder or the results folder
     itself), every file checked against the manifest."""
-    from orchestrator.recipes.distill import read_history
-
     d = _results_dir(Path(folder))
     manifest = read_json(d / MANIFEST, "results manifest")
-    bad = [name for name, sha in manifest.items() if not (d / name).is_file() or _sha256(d / name) != sha]
+    bad = [name for name, sha in manifest.items() if not (d / name).is_file() or sha256(d / name) != sha]
     if bad:
         raise ConfigError(
             f"{d}: {', '.join(bad[:5])} missing or changed since the run wrote them; run the sweep (or demo) "
@@ -113,15 +70,8 @@ def _results_dir(p: Path) -> Path:
     )
 
 
-TEXT_COLUMNS = {"trial_id", "dropped_layers", "scorer", "strategy", "status", "label", "error"}
-
-
 def _number(v: str) -> float:
     try:
         return float(v)
     except ValueError:
         return math.nan
-
-
-def _sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()

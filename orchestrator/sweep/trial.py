@@ -22,15 +22,26 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import tracking
-from orchestrator.builders import build_world, load_model, save_student
+from orchestrator.builders import build_world
 from orchestrator.config import Config
+from orchestrator.distill.budget import budget_record
+from orchestrator.distill.engine import finished_student, prepare_distill, training_steps
 from orchestrator.distill.loop import load_checkpoint, save_checkpoint
 from orchestrator.distill.teacher_cache import TeacherCache
-from orchestrator.pipeline.stages import Plan, TeacherInfo, evaluate_student, student_fingerprint
-from orchestrator.recipes.distill import budget_record, finished_student, prepare_distill, training_steps
-from orchestrator.sweep.space import layer_set, trial_plan
+from orchestrator.pipeline.stages import (
+    BUDGET_METRICS,
+    METRICS,
+    Plan,
+    TeacherInfo,
+    evaluate_student,
+    student_fingerprint,
+)
+from orchestrator.prune.surgery import label
+from orchestrator.sweep.space import trial_plan
+from orchestrator.world import load_model, save_student
 
 STATE = "state.pt"
+TRIAL_TAG = "prun_tts.trial_id"  # finds a trial's MLflow run again (resumes, the trade-off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +50,7 @@ class SweepPayload:
 
     cfg: Config
     teacher: TeacherInfo
-    plans: dict
+    plans: list[Plan]  # every plan of the sweep's space
     baseline: dict
     teacher_cache: str | None
     tracking_uri: str
@@ -122,17 +133,17 @@ def _report(metrics: dict, state, fingerprint: dict) -> None:
 
 def trial_run_id(sweep: SweepPayload, trial_id: str, plan: Plan, n_layers: int) -> str:
     """The trial's MLflow child run: found again when the trial is resumed, else created."""
-    uri, tags = sweep.tracking_uri, {"prun_tts.trial_id": trial_id, tracking.PARENT: sweep.parent_run_id}
+    uri, tags = sweep.tracking_uri, {TRIAL_TAG: trial_id, tracking.PARENT: sweep.parent_run_id}
     kept = [i for i in range(n_layers) if i not in plan.drop]
     return tracking.find_run(uri, sweep.experiment_id, tags) or tracking.start_run(
         uri,
         sweep.experiment_id,
-        f"drop {layer_set(plan.drop)} ({len(kept)} layers)",
+        f"drop {plan.label} ({len(kept)} layers)",
         "trial",
         sweep.parent_run_id,
         params={
-            "dropped_layers": layer_set(plan.drop),
-            "kept_layers": layer_set(kept),
+            "dropped_layers": plan.label,
+            "kept_layers": label(kept),
             "scorer": plan.scorer,
             "strategy": plan.strategy,
             "ratio": round(len(plan.drop) / n_layers, 4),
@@ -179,7 +190,7 @@ def run_trial(config: dict, sweep: SweepPayload) -> None:
     try:
         result = trainer.fit()
         metrics = {k: v for k, v in result.metrics.items() if not isinstance(v, (dict, list, str))}
-        tracking.log_metrics(uri, run_id, {k: metrics[k] for k in CONTRACT_METRICS if k in metrics})
+        tracking.log_metrics(uri, run_id, {k: metrics[k] for k in (*METRICS, *BUDGET_METRICS) if k in metrics})
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as d:
                 tracking.log_artifacts(uri, run_id, Path(d) / "student", "student")
@@ -190,20 +201,3 @@ def run_trial(config: dict, sweep: SweepPayload) -> None:
         tracking.set_tag(uri, run_id, "prun_tts.error", f"{e.__class__.__name__}: {e}"[-4000:])
         raise
     tracking.finish_run(uri, run_id)
-
-
-CONTRACT_METRICS = (
-    "wer",
-    "sim",
-    "n_layers",
-    "params_m",
-    "rtf",
-    "speedup",
-    "wer_delta",
-    "sim_delta",
-    "peak_mem_mb",
-    "teacher_cache_hits",
-    "data_pairs",
-    "data_hours",
-    "data_tokens",
-)

@@ -8,16 +8,25 @@ import torch
 from torch import nn
 
 from orchestrator.config import Config, ConfigError
+from orchestrator.mini import build_mini_world
+from orchestrator.mini.teacher import (
+    cache_dir,
+    configured_path,
+    ensure_teacher,
+    expected_train_tokens,
+    find_teacher,
+    read_meta,
+    teacher_digest,
+)
 from orchestrator.prune.importance import ScoringContext
+from orchestrator.real import build_real_world, teacher_meta
+from orchestrator.real import teacher_layers as real_teacher_layers
 from orchestrator.world import World, load_model
 
 
 def build_world(cfg: Config) -> World:
     if cfg.world.name == "mini":
-        from orchestrator.mini import build_mini_world
-
         return build_mini_world(cfg)
-    from orchestrator.real import build_real_world
 
     return build_real_world(cfg)
 
@@ -35,11 +44,8 @@ def teacher_source_if_ready(cfg: Config) -> tuple[str, dict]:
     not trained yet, where it will be and the tokens it will be trained on (to check a data
     budget before any work)."""
     if cfg.world.name != "mini":
-        from orchestrator.real import teacher_meta
-
         path = cfg.world.teacher.path
         return (str(Path(path).resolve()) if Path(path).exists() else path), teacher_meta(cfg)
-    from orchestrator.mini.teacher import cache_dir, expected_train_tokens, find_teacher, read_meta, teacher_digest
 
     path = find_teacher(cfg)
     if path is not None:
@@ -54,7 +60,6 @@ def teacher_source(cfg: Config, world: World | None = None, progress: bool = Tru
     for real worlds) and what is known of its training (tokens seen, for the data budget)."""
     if cfg.world.name != "mini":
         return teacher_source_if_ready(cfg)
-    from orchestrator.mini.teacher import ensure_teacher
 
     path, meta = ensure_teacher(cfg, world or build_world(cfg), progress)
     return str(Path(path).resolve()), meta
@@ -65,7 +70,6 @@ def configured_teacher(cfg: Config) -> Path | None:
     directory; it may not exist yet: it is trained on first use); None for the real worlds."""
     if cfg.world.name != "mini":
         return None
-    from orchestrator.mini.teacher import configured_path
 
     return configured_path(cfg)
 
@@ -74,7 +78,6 @@ def teacher_layers(cfg: Config) -> int:
     """The teacher's depth, read from its config (no weights loaded)."""
     if cfg.world.name == "mini":
         return cfg.world.teacher.layers
-    from orchestrator.real import teacher_layers as real_teacher_layers
 
     return real_teacher_layers(cfg.world.teacher.path)
 

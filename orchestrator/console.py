@@ -38,7 +38,7 @@ def _ray_prints_to(log_file: Path) -> None:
     """Ray prints its workers' output and the raylet's warnings (worker start-up counts and the
     like) to the driver's terminal itself, not through logging; send them to the file instead
     (before `ray.init`, which binds this function for worker output; Ray is pinned: 2.60)."""
-    import ray._private.worker as ray_worker
+    import ray._private.worker as ray_worker  # only for the commands that start Ray: console.py must not load it
 
     def to_file(data: dict, ignore_prefix: bool = False) -> None:
         if not data.get("lines"):  # Ray sends empty batches too: no file for them

@@ -26,7 +26,7 @@ MINI = "orchestrator.mini"
 # Files outside orchestrator/mini/ that may import it: each picks the mini world on world.name.
 ALLOWED_MINI_IMPORTERS = {
     "orchestrator/builders.py": "build_world / teacher_source pick the mini world (or the real one) on world.name",
-    "orchestrator/recipes/teacher.py": "`prun-tts train-teacher` trains the mini world's teacher (world.name=mini only)",
+    "orchestrator/recipes/teacher.py": "`prun-tts train-teacher` trains the mini teacher (world.name=mini only)",
 }
 # These must never import the mini world, whatever the allow-list says.
 NEVER_MINI = (

@@ -121,8 +121,7 @@ def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():
 
 
 def test_unreachable_ray_address_and_tracking_server_are_refused():
-    from orchestrator.pipeline.preflight import check_address
-    from orchestrator.pipeline.preflight import check_tracking
+    from orchestrator.pipeline.preflight import check_address, check_tracking
 
     port = free_port()
     with pytest.raises(ConfigError, match="no Ray cluster answers"):

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from orchestrator.anatomy import decoder_layers
-from orchestrator.config import Config, ConfigError
+from orchestrator.config import Config
 from orchestrator.distill.budget import DataBudget, budget_record, check_batch_split, optimizer_steps, plan_budget
 from orchestrator.distill.data import batches
 from orchestrator.distill.loop import (
@@ -31,7 +31,7 @@ from orchestrator.distill.loop import (
     save_checkpoint,
     train_step,
 )
-from orchestrator.files import atomic_write_json, atomic_write_text, differing_keys, read_json
+from orchestrator.files import atomic_write_json, atomic_write_text, read_fingerprinted, write_fingerprinted
 from orchestrator.prune.surgery import drop_layers, resolve_keep
 from orchestrator.world import World, load_model, save_student
 
@@ -81,10 +81,10 @@ def prepare_distill(
 
 
 def training_steps(
-    run: DistillRun, cfg: Config, world: World, teacher, rank: int = 0, world_size: int = 1
+    run: DistillRun, cfg: Config, world: World, source, rank: int = 0, world_size: int = 1
 ) -> Iterator[dict]:
     """Take the steps left (a resumed state starts where it stopped), yielding each step's metrics.
-    `teacher`: the frozen model or a `TeacherCache` in front of it."""
+    `source`: what answers for the teacher, the frozen model or a `TeacherCache` in front of it."""
     d = cfg.distill
     stream = batches(
         world.family,
@@ -101,7 +101,7 @@ def training_steps(
         micro = [next(stream) for _ in range(d.grad_accum)]
         # a seed per (run, rank, step): a resumed run draws what an uninterrupted one would
         torch.manual_seed(step_seed(d.seed, rank, run.state.step))
-        metrics = train_step(run.state, micro, run.spec, teacher, d.clip, d.precision)
+        metrics = train_step(run.state, micro, run.spec, source, d.clip, d.precision)
         yield {"step": run.state.step, "tokens": run.state.tokens, **metrics}
 
 
@@ -131,11 +131,11 @@ def distill(
     run = prepare_distill(cfg, world, teacher, teacher_tokens, drop)
     out = Path(out_dir)
     done = out / "done.json"
-    if done.is_file():
-        if differing_keys(read_json(done, "the finished student's record").get("fingerprint"), fingerprint) != []:
-            raise ConfigError(f"{out} holds a student made with other settings; remove it or choose another output_dir")
-        device = next(teacher.parameters()).device
-        return load_model(world, out / "student", device), run.budget
+    finished = read_fingerprinted(
+        done, fingerprint, "the finished student's record", "remove its folder or choose another output_dir"
+    )
+    if finished is not None:  # never trained again, never overwritten
+        return load_model(world, out / "student", next(teacher.parameters()).device), run.budget
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     history: list[dict] = []
@@ -155,7 +155,7 @@ def distill(
     student = finished_student(run)
     save_student(world, student, out / "student")
     atomic_write_json(out / "budget.json", budget_record(run.budget, teacher_tokens))
-    atomic_write_json(done, {"fingerprint": fingerprint, "steps": run.state.step})  # last: the student is whole
+    write_fingerprinted(done, fingerprint, {"steps": run.state.step})  # last: the student is whole
     ckpt.unlink(missing_ok=True)
     return student, run.budget
 

@@ -10,19 +10,17 @@ from pathlib import Path
 
 import ray
 
-from orchestrator.evaluate.synthesis import Evaluation, summarize
+from orchestrator.anatomy import count_parameters, decoder_layers
+from orchestrator.builders import build_world, load_teacher, pick_device
+from orchestrator.config import Config
+from orchestrator.evaluate.synthesis import Evaluation, evaluate_model, summarize
+from orchestrator.world import load_model
 
 
 @ray.remote
 def _evaluate_shard(
     cfg_dict: dict, model_path: str | None, split: str, shard: int, n_shards: int, results: str
 ) -> tuple[list[dict], int, int]:
-    from orchestrator.anatomy import count_parameters, decoder_layers
-    from orchestrator.builders import build_world, load_teacher, pick_device
-    from orchestrator.config import Config
-    from orchestrator.evaluate.synthesis import evaluate_model
-    from orchestrator.world import load_model
-
     cfg = Config.model_validate(cfg_dict)
     world = build_world(cfg)
     device = pick_device(cfg)

@@ -20,21 +20,17 @@ import ray.data
 from orchestrator.config import Config, ConfigError
 from orchestrator.data.manifest import read_manifest
 from orchestrator.data.shards import manifest_digest, read_index, shard_name, write_index, write_shard
-from orchestrator.real import check_speech_encoder
+from orchestrator.real import check_speech_encoder, speech_encoder
+from orchestrator.speech.audio import load_audio
 
 
 class _Encoder:
     """A Ray Data actor: loads the codec once, then encodes batches of recordings."""
 
     def __init__(self, cfg_dict: dict, use_gpu: bool):
-        from orchestrator.config import Config
-        from orchestrator.real import speech_encoder
-
         self.encoder = speech_encoder(Config.model_validate(cfg_dict), "cuda" if use_gpu else "cpu")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from orchestrator.speech.audio import load_audio
-
         codes = self.encoder.encode_batch([load_audio(p) for p in batch["audio"]])
         out = {k: batch[k] for k in ("id", "text", "speaker")}
         # an object array of ragged code arrays (the trailing None stops numpy making a 2-D array)

@@ -33,7 +33,7 @@ import torch
 from orchestrator.builders import build_world, configured_teacher, teacher_layers
 from orchestrator.config import Config, ConfigError
 from orchestrator.distill.budget import check_batch_split
-from orchestrator.files import read_json
+from orchestrator.files import differing_keys, read_json
 from orchestrator.model_checks import check_model_dir, check_output_dir, check_tokenizer_dir, check_vocab_size
 from orchestrator.pipeline import stages
 from orchestrator.prune.surgery import LayerSetError, parse_label, resolve_keep
@@ -217,10 +217,11 @@ def comparable(cfg: Config) -> dict:
 
 def check_same_sweep(cfg: Config, base: Path) -> None:
     saved = base / "config.json"
-    if saved.is_file() and read_json(saved, "the sweep's config") != comparable(cfg):
+    keys = differing_keys(read_json(saved, "the sweep's config"), comparable(cfg)) if saved.is_file() else []
+    if keys != []:
         raise ConfigError(
-            f"sweep {cfg.sweep.name!r} in {base} was started with a different config; resume it "
-            "with the same settings, or give this one a new sweep.name"
+            f"sweep {cfg.sweep.name!r} in {base} was started with a different config (differing: "
+            f"{', '.join(keys or ['all of it'])}); resume it with the same settings, or give this one a new sweep.name"
         )
 
 

@@ -19,10 +19,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.builders import (
+    build_world,
+    pick_device,
+    scoring_context,
+    teacher_layers,
+    teacher_source,
+    teacher_source_if_ready,
+)
 from orchestrator.config import Config, ConfigError
+from orchestrator.distill.budget import plan_budget
+from orchestrator.distill.loop import loss_spec
+from orchestrator.distill.teacher_cache import build_teacher_cache
+from orchestrator.evaluate.synthesis import evaluate_model, speedup
 from orchestrator.files import digest, file_digest
 from orchestrator.pipeline.state import cached_stage, load_state, save_state
-from orchestrator.prune.surgery import label, parse_label
+from orchestrator.prune.importance import LayerScores, wer_without, wli_from_wers
+from orchestrator.prune.select import choose_layers, contiguous, lowest
+from orchestrator.prune.surgery import drop_layers, label, layers_removed, parse_label
+from orchestrator.world import load_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +86,6 @@ _LOADED: dict[str, Any] = {}  # one (world, teacher) per process: tasks of one s
 
 def world_and_teacher(cfg: Config, teacher: TeacherInfo):
     """The world and the frozen teacher on this process's device, loaded once per process."""
-    from orchestrator.builders import build_world, pick_device
-    from orchestrator.world import load_model
-
     key = digest([cfg.world.model_dump(), teacher.path, cfg.device])
     if key not in _LOADED:
         _LOADED.clear()
@@ -103,8 +115,6 @@ def world_fingerprint(cfg: Config) -> dict:
 
 def teacher_stage(cfg: Config, progress: bool = True) -> TeacherInfo:
     """The teacher (the mini one trained first if no shipped or cached one fits the config)."""
-    from orchestrator.builders import build_world, teacher_layers, teacher_source
-
     world = build_world(cfg) if cfg.world.name == "mini" else None
     path, meta = teacher_source(cfg, world, progress)
     weights = file_digest(path) if Path(path).is_dir() else path
@@ -115,8 +125,6 @@ def teacher_stage(cfg: Config, progress: bool = True) -> TeacherInfo:
 
 def teacher_for_checks(cfg: Config) -> TeacherInfo:
     """What the input checks need of the teacher, without training or hashing it."""
-    from orchestrator.builders import teacher_layers, teacher_source_if_ready
-
     path, meta = teacher_source_if_ready(cfg)
     return TeacherInfo(str(path), "", teacher_layers(cfg), meta.get("train_tokens"))
 
@@ -126,8 +134,6 @@ def teacher_for_checks(cfg: Config) -> TeacherInfo:
 
 def evaluate_teacher_task(cfg: Config, teacher: TeacherInfo) -> dict:
     """The teacher evaluated like every student (its deltas are 0, its speed-up 1)."""
-    from orchestrator.evaluate.synthesis import evaluate_model
-
     world, model = world_and_teacher(cfg, teacher)
     ev = evaluate_model(model, world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
     return {"metrics": quality_metrics(ev, 1.0, {"wer": 100 * ev.wer, "sim": ev.sim}), "items": ev.items}
@@ -216,17 +222,11 @@ def plan_keys(cfg: Config, n_layers: int) -> list[tuple[str, str, int]]:
 
 
 def wer_without_task(cfg: Config, teacher: TeacherInfo, layers: list[int]) -> float:
-    from orchestrator.builders import scoring_context
-    from orchestrator.prune.importance import wer_without
-
     world, model = world_and_teacher(cfg, teacher)
     return wer_without(model, scoring_context(cfg, world, 1), layers)
 
 
 def choose_task(cfg: Config, teacher: TeacherInfo, scorer: str, strategy: str, n_drop: int) -> dict:
-    from orchestrator.builders import scoring_context
-    from orchestrator.prune.select import choose_layers
-
     world, model = world_and_teacher(cfg, teacher)
     drop, scores = choose_layers(strategy, scorer, model, scoring_context(cfg, world, n_drop), n_drop)
     return {"drop": drop, "scores": dataclasses.asdict(scores)}
@@ -234,18 +234,12 @@ def choose_task(cfg: Config, teacher: TeacherInfo, scorer: str, strategy: str, n
 
 def dev_wer_task(cfg: Config, teacher: TeacherInfo, drop: list[int]) -> float:
     """The pruned-only student's WER on the dev items (how prune.scorer=best compares scorers)."""
-    from orchestrator.evaluate.synthesis import evaluate_model
-    from orchestrator.prune.surgery import layers_removed
-
     world, model = world_and_teacher(cfg, teacher)
     with layers_removed(model, drop):
         return evaluate_model(model, world, world.dev_items[: cfg.score.n_items], cfg.evaluate).wer
 
 
 def _compute_plans(cfg: Config, teacher: TeacherInfo, keys, executor: Executor, log) -> dict:
-    from orchestrator.prune.importance import wli_from_wers
-    from orchestrator.prune.select import contiguous, lowest
-
     n = teacher.n_layers
     wanted = sorted(
         {(s, st, k) for scorer, st, k in keys for s in (cfg.score.scorers if scorer == "best" else [scorer])}
@@ -340,8 +334,6 @@ def distinct(plans: Sequence[Plan]) -> list[Plan]:
 
 def scores_by_scorer(plans: Sequence[Plan]) -> dict:
     """scorer -> (LayerScores, the layers it removes at the deepest cut), for the importance profile."""
-    from orchestrator.prune.importance import LayerScores
-
     out: dict = {}
     for plan in sorted((p for p in plans if p.scores is not None), key=lambda p: -len(p.drop)):
         drops = plan.candidate_drops or {plan.scorer: list(plan.drop)}
@@ -365,15 +357,10 @@ def describe_plan(plan: Plan) -> str:
 
 def budget_stage(cfg: Config, teacher: TeacherInfo):
     """The distillation data every student gets (refuses a budget smaller than one batch)."""
-    from orchestrator.builders import build_world
-    from orchestrator.distill.budget import plan_budget
-
     return plan_budget(cfg, build_world(cfg), teacher.train_tokens)
 
 
 def build_cache_task(cfg: Config, teacher: TeacherInfo, directory: str, key: dict, with_hidden: bool) -> str:
-    from orchestrator.distill.teacher_cache import build_teacher_cache
-
     world, model = world_and_teacher(cfg, teacher)
     pairs = [world.train_pairs[i] for i in range(key["pairs"])]
     return str(build_teacher_cache(model, world.family, pairs, directory, key, with_hidden))
@@ -384,9 +371,6 @@ def teacher_cache_stage(
 ) -> str | None:
     """The teacher's outputs on the distillation pairs, once for every student (None: not asked
     for, or an attention term, which the cache does not hold)."""
-    from orchestrator.builders import build_world
-    from orchestrator.distill.loop import loss_spec
-
     spec = loss_spec(cfg.distill, build_world(cfg).family.speech_ids)
     if not cfg.distill.teacher_cache or spec.needs_attention:
         return None
@@ -422,8 +406,6 @@ def student_dir(root: Path, drop: Sequence[int], fingerprint: dict) -> Path:
 
 def evaluate_student(cfg: Config, world, teacher_model, student, baseline: dict) -> tuple[dict, list[dict]]:
     """A student's metrics against the teacher's baseline (test list; speed-up measured here)."""
-    from orchestrator.evaluate.synthesis import evaluate_model, speedup
-
     test = world.test_items[: cfg.evaluate.n_items]
     ev = evaluate_model(student, world, test, cfg.evaluate)
     speed = speedup(teacher_model, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
@@ -432,9 +414,6 @@ def evaluate_student(cfg: Config, world, teacher_model, student, baseline: dict)
 
 def pruned_only_task(cfg: Config, teacher: TeacherInfo, drop: list[int], baseline: dict) -> dict:
     """A student's pruned-only figures (the teacher minus its layers, not distilled) on the test list."""
-    from orchestrator.evaluate.synthesis import evaluate_model
-    from orchestrator.prune.surgery import drop_layers
-
     world, model = world_and_teacher(cfg, teacher)
     ev = evaluate_model(drop_layers(model, drop=drop), world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
     return quality_metrics(ev, float("nan"), baseline)

@@ -33,10 +33,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from orchestrator.builders import build_world, pick_device, teacher_source
 from orchestrator.config import Config, ConfigError
-from orchestrator.evaluate.synthesis import Evaluation, read_results
+from orchestrator.evaluate.synthesis import Evaluation, evaluate_model, read_results
 from orchestrator.files import StateError, atomic_write_json, differing_keys, digest, file_digest, read_json
-from orchestrator.world import EvalItem, World
+from orchestrator.world import EvalItem, World, load_model
 
 
 @dataclasses.dataclass
@@ -172,9 +173,6 @@ def evaluate(
     earlier run of the same model and settings scored. `cluster()`: the Ray context for
     `shards > 1`. Prints the summary (JSON, on stdout) and where it went (stderr) if `echo`.
     Returns the evaluation and the path of its summary."""
-    from orchestrator.builders import build_world, pick_device, teacher_source
-    from orchestrator.world import load_model
-
     if shards < 1:
         raise ConfigError(f"--shards {shards}: give 1 or more")
     world: World = build_world(cfg)
@@ -193,15 +191,13 @@ def evaluate(
     for i, path in enumerate(results):  # earlier rows that cannot be trusted: refused before any work or write
         claim_results(run, path, items[i::n_shards], passes, write=False)
     if n_shards > 1:
-        from orchestrator.distributed.evaluate import evaluate_sharded
+        from orchestrator.distributed.evaluate import evaluate_sharded  # Ray only for --shards > 1
 
         for i, path in enumerate(results):
             claim_results(run, path, items[i::n_shards], passes)
         with cluster():
             result = evaluate_sharded(cfg, run.model, split, n_shards, run.stem, world.codec.token_rate)
     else:
-        from orchestrator.evaluate.synthesis import evaluate_model
-
         loaded = load_model(world, run.model, pick_device(cfg))  # a folder that holds no model: nothing written
         claim_results(run, run.results, items, passes)
         result = evaluate_model(loaded, world, items, cfg.evaluate, progress, results=run.results)

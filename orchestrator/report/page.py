@@ -13,9 +13,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from orchestrator.builders import build_world
 from orchestrator.config import Config, ConfigError
 from orchestrator.files import atomic_write_json, atomic_write_text
+from orchestrator.model_checks import check_output_dir
 from orchestrator.report import figures
 from orchestrator.report.results import Results, read_results
 from orchestrator.speech.audio import save_audio
@@ -110,8 +113,6 @@ def report_of(results: Path, out: Path, log=print) -> Path:
 
 def check_report_dir(out: Path) -> None:
     """`out` may be new, empty or an earlier report (replaced whole); anything else is refused."""
-    from orchestrator.model_checks import check_output_dir
-
     check_output_dir(str(out), "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
         raise ConfigError(
@@ -121,8 +122,6 @@ def check_report_dir(out: Path) -> None:
 
 
 def _write_page(sources: list[Results], out: Path, log) -> None:
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
     page = Config.model_validate(sources[0].config).report
     sections = []
     for i, results in enumerate(sources):
@@ -280,8 +279,6 @@ def _audio_table(
 def _listener(cfg: Config):
     """(codes, prompt recording) -> waveform for this world, its test list, and a note where audio
     cannot be made here (the page then shows what the ASR heard and the codes)."""
-    from orchestrator.builders import build_world
-
     try:
         world = build_world(cfg)
     except (ConfigError, OSError) as e:  # the test list or the codec is not on this machine

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from orchestrator.hub import MissingPiece, require, require_file
+from orchestrator.speech.audio import SAMPLE_RATE, as_waveform, resample
+from orchestrator.speech.s3tokens import MODEL, S3Tokenizer
 
 INSTALL = "clone https://github.com/FunAudioLLM/CosyVoice and put it (and third_party/Matcha-TTS) on PYTHONPATH"
 
@@ -46,8 +48,6 @@ class CosyVoiceVocoder:
         zero_shot = cv.frontend.frontend_zero_shot
         params = list(inspect.signature(zero_shot).parameters)
         if "prompt_speech_16k" in params:  # CosyVoice 2.0: a (1, T) 16 kHz tensor
-            from orchestrator.speech.audio import as_waveform
-
             prompt = as_waveform(prompt).unsqueeze(0)
         args = ["", "", prompt, cv.sample_rate] + ([""] if "zero_shot_spk_id" in params else [])
         ref = zero_shot(*args)
@@ -80,8 +80,6 @@ class CosyVoiceCodec:
     token_rate = 25.0
 
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
-        from orchestrator.speech.s3tokens import MODEL, S3Tokenizer
-
         onnx = Path(model_dir) / "speech_tokenizer_v2.onnx"  # the download's copy: no second download
         self.tokenizer = S3Tokenizer.from_pretrained(onnx if onnx.is_file() else MODEL, device)
         try:
@@ -100,6 +98,5 @@ class CosyVoiceCodec:
     def decode(self, codes: Sequence[int], prompt: str | None = None) -> torch.Tensor | None:
         if self.vocoder is None:
             return None
-        from orchestrator.speech.audio import SAMPLE_RATE, resample
 
         return resample(self.vocoder.decode(codes, prompt), self.vocoder.sample_rate, SAMPLE_RATE)

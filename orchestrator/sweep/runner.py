@@ -18,6 +18,8 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import tracking
 from orchestrator.builders import teacher_layers
@@ -337,15 +339,11 @@ def _tune_config(cfg: Config, concurrency: int, reports: int = 100) -> tune.Tune
     sw = cfg.sweep
     search_alg = scheduler = None
     if sw.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
         # metric/mode stay off TuneConfig: set there, they would turn the search single-objective
         search_alg = OptunaSearch(
             metric=list(sw.objectives), mode=["min" if m != "sim" else "max" for m in sw.objectives], seed=sw.seed
         )
     if sw.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
         scheduler = ASHAScheduler(metric=sw.asha_metric, mode="min", grace_period=sw.asha_grace, max_t=reports + 1)
     return tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=sw.num_samples, max_concurrent_trials=concurrency

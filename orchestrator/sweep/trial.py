@@ -79,15 +79,15 @@ def train_loop_per_worker(config: dict) -> None:
     rank, size = ctx.get_world_rank(), ctx.get_world_size()
     cfg = job.cfg
     world = build_world(cfg)
-    teacher = load_model(world, job.teacher.path, ray.train.torch.get_device())
+    teacher_model = load_model(world, job.teacher.path, ray.train.torch.get_device())
     run = prepare_distill(
-        cfg, world, teacher, job.teacher.train_tokens, job.drop, size, wrap=ray.train.torch.prepare_model
+        cfg, world, teacher_model, job.teacher.train_tokens, job.drop, size, wrap=ray.train.torch.prepare_model
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a resumed trial continues where its last checkpoint stopped
         with checkpoint.as_directory() as d:
             load_checkpoint(run.state, Path(d) / STATE, fingerprint=job.fingerprint)
-    source = TeacherCache(job.teacher_cache, teacher) if job.teacher_cache else teacher
+    source = TeacherCache(job.teacher_cache, teacher_model) if job.teacher_cache else teacher_model
     curves = tracking.CurveLogger(job.tracking_uri, job.run_id) if rank == 0 else None
     last: dict = {}
     for m in training_steps(run, cfg, world, source, rank, size):
@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
     final: dict = {}
     with tempfile.TemporaryDirectory(prefix="student-") as files:
         if rank == 0:
-            final, items = evaluate_student(cfg, world, teacher, student, job.baseline)
+            final, items = evaluate_student(cfg, world, teacher_model, student, job.baseline)
             # the data budget, beside the quality it bought
             final.update(data_pairs=run.budget.pairs, data_hours=run.budget.hours, data_tokens=run.budget.unique_tokens)
             if isinstance(source, TeacherCache):

@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-one-process test lint format teacher bench bench-sweep ui screenshot clean
+.PHONY: install demo demo-one-process test test-fast lint format teacher bench bench-sweep ui screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ screenshot: $(BROWSER)
 # longest files first (tests/conftest.py orders them by their `slow(minutes=...)` mark).
 test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# The inner loop: unit tests only, no real Ray or MLflow processes, no end-to-end runs (under 3 minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not integration"
 
 # Formatting and lint (ruff, configured in pyproject.toml); CI runs it before the tests.
 lint: $(STAMP)

@@ -41,6 +41,8 @@ from conftest import TINY_WORLD, free_port, tiny_llama
 
 from orchestrator.cli import main
 
+pytestmark = pytest.mark.integration  # the CLI end to end, in this process and in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mini.yaml")
 BIN = REPO / ".venv" / "bin"

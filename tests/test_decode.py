@@ -62,6 +62,7 @@ def case(name, mini, tmp_path_factory):
     return family, model, prompts, 12
 
 
+@pytest.mark.integration  # the shipped teacher over a whole list
 @pytest.mark.parametrize("name", ["mini", "llasa", "cosyvoice2"])
 def test_every_path_gives_generates_greedy_tokens(name, mini, tmp_path_factory):
     family, model, prompts, n = case(name, mini, tmp_path_factory)
@@ -221,6 +222,7 @@ def test_cosyvoice_max_new_tokens_caps_its_own_bound():
     assert length_bounds(family, items, 50) == ([10, 50], [50, 50])
 
 
+@pytest.mark.integration  # the shipped teacher over the dev list
 def test_sampled_wer_of_fast_and_reference_paths_agree_on_the_dev_set(mini):
     from orchestrator.evaluate.synthesis import evaluate_model
 

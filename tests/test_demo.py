@@ -3,9 +3,12 @@ seconds not minutes; and the same command again reuses every finished stage."""
 
 import json
 
+import pytest
 from conftest import TINY_WORLD
 
 from orchestrator.cli import main
+
+pytestmark = pytest.mark.integration  # the whole method, end to end
 
 
 def test_demo_end_to_end_on_a_reduced_world_then_resumes_from_its_stages(tiny_cfg, tmp_path, capsys):

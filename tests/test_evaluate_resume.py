@@ -162,6 +162,7 @@ def test_results_of_another_evaluation_are_refused(tiny_cfg, tiny_world, tmp_pat
     assert main(argv) == 0 and seen == []
 
 
+@pytest.mark.integration  # a private Ray
 def test_sharded_evaluation_uses_the_same_names_and_checks(tiny_cfg, tiny_world, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     model = tmp_path / "student"

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from orchestrator.config import load_config
@@ -80,6 +81,7 @@ def test_family_follows_llasa_layout():
     assert ((ids == f.end_id).sum(1) == 1).all()
 
 
+@pytest.mark.integration  # the shipped teacher over the test list
 def test_shipped_teacher_matches_its_config_and_speaks():
     """The teacher in orchestrator/assets was made by `make teacher` from configs/mini.yaml."""
     from pathlib import Path

@@ -1,1 +1,2 @@
-"""Training data of the real worlds: a manifest of recordings, turned once into speech-token shards."""
+"""Data of the method: the real worlds' training manifest turned once into speech-token shards, and the
+Seed-TTS-eval test lists (meta.lst)."""

@@ -1,1 +1,2 @@
-"""Ray outside the sweep: speech-token shards with Ray Data, evaluation sharded over Ray tasks."""
+"""Ray outside the sweep: start or join a cluster, speech-token shards with Ray Data, evaluation
+sharded over Ray tasks."""

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from orchestrator.config import SCORERS, load_config
+from orchestrator.prune.surgery import label
 from orchestrator.recipes.demo import run_demo
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     by_drop = {r["dropped_layers"]: r for r in summary["students"]}
     for scorer in SCORERS:
         drop = summary["plans"][f"{scorer}/{cfg.prune.strategy[0]}/{base['n_layers'] // 2}"]["drop"]
-        key = "-".join(map(str, drop))
+        key = label(drop)
         p, d = summary["pruned_only"][key], by_drop[key]  # scorers that agree share one student
         lines.append(f"| {scorer} | {drop} | {p['wer']:.2f} | {d['wer']:.2f} | {p['sim']:.3f} | {d['sim']:.3f} |")
     lines += [

@@ -401,7 +401,7 @@ def student_fingerprint(cfg: Config, teacher: TeacherInfo, drop: Sequence[int]) 
 
 def student_dir(root: Path, drop: Sequence[int], fingerprint: dict) -> Path:
     """students/drop-1-3-<fingerprint>: other settings never land in the same place."""
-    return root / f"drop-{'-'.join(map(str, sorted(drop)))}-{digest(fingerprint, 8)}"
+    return root / f"drop-{label(drop)}-{digest(fingerprint, 8)}"
 
 
 def evaluate_student(cfg: Config, world, teacher_model, student, baseline: dict) -> tuple[dict, list[dict]]:

@@ -32,6 +32,7 @@ from orchestrator.pipeline import stages
 from orchestrator.pipeline.driver import Hooks, StudentsJob, run_pipeline
 from orchestrator.pipeline.preflight import comparable, concurrent_trials, preflight, ray_address
 from orchestrator.pipeline.stages import Plan, StudentResult, TeacherInfo
+from orchestrator.prune.surgery import label
 from orchestrator.report.page import report_of
 from orchestrator.sweep.space import param_space, trial_plan, trial_space
 from orchestrator.sweep.trial import TRIAL_TAG, SweepPayload, run_trial
@@ -256,7 +257,7 @@ def _baseline_run(uri: str, sweep_run: _SweepRun, teacher: TeacherInfo, baseline
         f"teacher ({n} layers)",
         "baseline",
         sweep_run.id,
-        params={"dropped_layers": "", "kept_layers": "-".join(map(str, range(n))), "scorer": "none", "ratio": 0.0},
+        params={"dropped_layers": "", "kept_layers": label(range(n)), "scorer": "none", "ratio": 0.0},
         tags=sweep_run.tags,
     )
     tracking.log_metrics(uri, run, baseline)

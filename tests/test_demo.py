@@ -33,6 +33,7 @@ def test_demo_end_to_end_on_a_reduced_world_then_resumes_from_its_stages(tiny_cf
         assert s["params_m"] < summary["teacher"]["params_m"]
         assert s["wer_delta"] == s["wer"] - summary["teacher"]["wer"]
         assert summary["pruned_only"][s["dropped_layers"]]["n_layers"] == s["n_layers"]
+        assert s["pruned_wer"] == summary["pruned_only"][s["dropped_layers"]]["wer"]  # beside the distilled WER
     best = summary["plans"]["best/lowest/2"]
     assert set(best["dev_wer"]) == {"wli", "last_n", "block_influence"}
     assert best["dev_wer"][best["scorer"]] == min(best["dev_wer"].values())  # best: the lowest pruned-only dev WER

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.console import stop_on_sigterm
+from orchestrator.console import TERMINATED, stop_on_sigterm
 from orchestrator.prune.surgery import LayerSetError
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\nprun-tts {args.command}: interrupted. {RESUMES.get(args.command, 'Nothing was left half-written.')}",
             file=sys.stderr,
         )
-        return 128 + getattr(e, "signum", signal.SIGINT)
+        return 128 + getattr(e, "signum", signal.SIGTERM if TERMINATED.is_set() else signal.SIGINT)
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:

@@ -76,5 +76,11 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminated)
 
 
+TERMINATED = (
+    threading.Event()
+)  # set by SIGTERM: a library that re-raises a plain KeyboardInterrupt (Tune) loses the kind
+
+
 def _terminated(signum, frame):
+    TERMINATED.set()
     raise Terminated()

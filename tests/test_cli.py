@@ -75,3 +75,27 @@ def test_train_teacher_records_its_command_and_never_overwrites(tiny_cfg, tmp_pa
     assert main(["train-teacher", "--config", "configs/mini.yaml", *sets, "--quiet", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_sigterm_exits_143_even_when_a_library_reraises_a_plain_keyboard_interrupt(monkeypatch, capsys):
+    """Tune catches the KeyboardInterrupt SIGTERM raises and raises a plain one: the exit code still
+    says SIGTERM (143), not Ctrl-C (130)."""
+    import os
+    import signal
+
+    from orchestrator import cli, console
+
+    def like_tune(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler stop_on_sigterm installed raises here
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setitem(cli.COMMANDS, "report", like_tune)
+    monkeypatch.setattr(console, "TERMINATED", console.threading.Event())
+    monkeypatch.setattr(cli, "TERMINATED", console.TERMINATED)
+    try:
+        assert main(["report", "--sweep", "x"]) == 143
+        assert "interrupted" in capsys.readouterr().err
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -13,20 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, Xcodec2Config
 
 from orchestrator.config import Config
 from orchestrator.data.seedtts import SeedTTSItems
 from orchestrator.data.shards import ShardPairs
-from orchestrator.families.cosyvoice2 import CosyVoice2Family
-from orchestrator.families.llasa import LlasaFamily
-from orchestrator.hub import load_pretrained, require
-from orchestrator.speech.cosyvoice_vocoder import CosyVoiceCodec
-from orchestrator.speech.s3tokens import INSTALL, MODEL, S3Tokenizer
-from orchestrator.speech.wavlm import WavLMVerifier
-from orchestrator.speech.whisper import WhisperASR
-from orchestrator.speech.xcodec2 import Xcodec2Codec
 from orchestrator.world import World
+
+# Each world imports its own speech models and family where it builds them, not at the top: importing
+# Whisper, WavLM, X-Codec2 and CosyVoice's pieces costs seconds in every process (Ray workers, CLI
+# subprocesses) and a world uses only its own.
 
 TOKEN_RATES = {"llasa": 50.0, "cosyvoice2": 25.0}  # X-Codec2: 50 codes/s; CosyVoice 2's S3 tokens: 25/s
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -56,7 +51,10 @@ def model_dtype(cfg: Config) -> torch.dtype:
 def speech_encoder(cfg: Config, device: str | torch.device):
     """Audio -> speech codes for training data (`encode`, `encode_batch`)."""
     if cfg.world.name == "llasa":
+        from orchestrator.speech.xcodec2 import Xcodec2Codec
+
         return Xcodec2Codec.from_pretrained(cfg.world.real.codec, device=str(device))
+    from orchestrator.speech.s3tokens import MODEL, S3Tokenizer
 
     onnx = Path(cfg.world.teacher.path) / "speech_tokenizer_v2.onnx"  # shipped with CosyVoice2-0.5B
     return S3Tokenizer.from_pretrained(onnx if onnx.is_file() else MODEL, device)
@@ -64,25 +62,39 @@ def speech_encoder(cfg: Config, device: str | torch.device):
 
 def check_speech_encoder(cfg: Config) -> None:
     """The training-data encoder can be loaded (cheap: a config or an import, no weights)."""
+    from orchestrator.hub import load_pretrained, require
+
     if cfg.world.name == "llasa":
+        from transformers import Xcodec2Config
+
         load_pretrained(Xcodec2Config.from_pretrained, cfg.world.real.codec, "the X-Codec2 codec", "world.real.codec")
     else:
+        from orchestrator.speech.s3tokens import INSTALL
+
         require("s3tokenizer", INSTALL, "CosyVoice 2 speech tokens")
 
 
 def _codec(cfg: Config, device: str):
     if cfg.world.name == "llasa":
         return speech_encoder(cfg, device)
+    from orchestrator.speech.cosyvoice_vocoder import CosyVoiceCodec
 
     return CosyVoiceCodec(cfg.world.real.codec, device=device)
 
 
 def build_real_world(cfg: Config) -> World:
+    from orchestrator.speech.wavlm import WavLMVerifier
+    from orchestrator.speech.whisper import WhisperASR
+
     r, name = cfg.world.real, cfg.world.name
     device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
     if name == "llasa":
+        from orchestrator.families.llasa import LlasaFamily
+
         family = LlasaFamily.from_pretrained(cfg.world.teacher.path, model_dtype(cfg), prompt_join=r.prompt_join)
     else:
+        from orchestrator.families.cosyvoice2 import CosyVoice2Family
+
         family = CosyVoice2Family.from_dir(cfg.world.teacher.path, dtype=model_dtype(cfg))
     codec = Lazy(lambda: _codec(cfg, device), token_rate=TOKEN_RATES[name])
     asr = Lazy(
@@ -114,6 +126,9 @@ def teacher_meta(cfg: Config) -> dict:
 
 
 def teacher_layers(path: str | Path) -> int:
+    from transformers import AutoConfig
+
+    from orchestrator.hub import load_pretrained
 
     blank = Path(path) / "CosyVoice-BlankEN"  # a CosyVoice2-0.5B folder keeps its LLM's config there
     where = str(blank) if (blank / "config.json").is_file() else str(path)

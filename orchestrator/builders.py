@@ -8,24 +8,19 @@ import torch
 from torch import nn
 
 from orchestrator.config import Config, ConfigError
-from orchestrator.mini import build_mini_world
-from orchestrator.mini.teacher import (
-    cache_dir,
-    configured_path,
-    ensure_teacher,
-    expected_train_tokens,
-    find_teacher,
-    read_meta,
-    teacher_digest,
-)
 from orchestrator.prune.importance import ScoringContext
 from orchestrator.real import build_real_world, teacher_meta
 from orchestrator.real import teacher_layers as real_teacher_layers
 from orchestrator.world import World, load_model
 
+# The mini world is imported where it is picked (world.name == "mini"), not at the top: it brings in
+# transformers' whole model stack, seconds in every process, and a real world never needs it.
+
 
 def build_world(cfg: Config) -> World:
     if cfg.world.name == "mini":
+        from orchestrator.mini import build_mini_world  # picked: see the top
+
         return build_mini_world(cfg)
 
     return build_real_world(cfg)
@@ -47,6 +42,14 @@ def teacher_source_if_ready(cfg: Config) -> tuple[str, dict]:
         path = cfg.world.teacher.path
         return (str(Path(path).resolve()) if Path(path).exists() else path), teacher_meta(cfg)
 
+    from orchestrator.mini.teacher import (  # picked: see the top
+        cache_dir,
+        expected_train_tokens,
+        find_teacher,
+        read_meta,
+        teacher_digest,
+    )
+
     path = find_teacher(cfg)
     if path is not None:
         return str(path), read_meta(path)
@@ -61,6 +64,8 @@ def teacher_source(cfg: Config, world: World | None = None, progress: bool = Tru
     if cfg.world.name != "mini":
         return teacher_source_if_ready(cfg)
 
+    from orchestrator.mini.teacher import ensure_teacher  # picked: see the top
+
     path, meta = ensure_teacher(cfg, world or build_world(cfg), progress)
     return str(Path(path).resolve()), meta
 
@@ -70,6 +75,8 @@ def configured_teacher(cfg: Config) -> Path | None:
     directory; it may not exist yet: it is trained on first use); None for the real worlds."""
     if cfg.world.name != "mini":
         return None
+
+    from orchestrator.mini.teacher import configured_path  # picked: see the top
 
     return configured_path(cfg)
 

@@ -62,7 +62,20 @@ class WorkStarted(BaseException):
     the CLI's handlers must not turn it into an exit code)."""
 
 
+def _import_every_orchestrator_module() -> None:
+    """A module first imported while the tripwires are set would bind a tripwire for good (the
+    CLI imports its recipes lazily), and a later test in this worker would trip on it."""
+    import importlib
+    import pkgutil
+
+    import orchestrator
+
+    for info in pkgutil.walk_packages(orchestrator.__path__, "orchestrator."):
+        importlib.import_module(info.name)
+
+
 def _tripwires() -> list[tuple[object, str, str]]:
+    _import_every_orchestrator_module()
     import ray
     import ray._private.worker
     from transformers import AutoModelForCausalLM

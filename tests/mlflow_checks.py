@@ -6,10 +6,12 @@ the Model Registry, downloadable and loadable by stock `from_pretrained`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM
@@ -34,10 +36,12 @@ def playable(client: MlflowClient, run_id: str, folder: str, dest: Path) -> list
     return names
 
 
-def check_listening_and_registry(uri: str, dest: Path, model_name: str, experiment: str = "prun-tts") -> None:
+def check_listening_and_registry(uri: str, dest: Path, experiment: str = "prun-tts") -> str:
+    """The checks; returns the registered model's name (the default: after the teacher's folder)."""
     client = MlflowClient(uri)
     roles = runs_by_role(client, experiment)
     (parent,) = roles["sweep"]
+    model_name = "prun-tts-" + Path(parent.data.tags["prun_tts.teacher"]).name
     heard = {}
     for run in roles["baseline"] + roles["trial"]:
         rid = run.info.run_id
@@ -66,8 +70,12 @@ def check_listening_and_registry(uri: str, dest: Path, model_name: str, experime
     assert float(tags["wer_delta"]) == round(chosen.data.metrics["wer_delta"], 4)
     assert float(tags["wer_delta_ci_low"]) <= float(tags["wer_delta"]) <= float(tags["wer_delta_ci_high"])
     assert "paired 95% interval" in version.description
-    folder = mlflow.artifacts.download_artifacts(
-        f"models:/{model_name}/{version.version}", dst_path=str(dest / "registered"), tracking_uri=uri
-    )
+    # the README's command, in a process of its own: the registry is the tracking server's
+    code = f"import mlflow; print(mlflow.artifacts.download_artifacts('models:/{model_name}/{version.version}'))"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, cwd=dest, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-3000:]
+    folder = got.stdout.strip().splitlines()[-1]
     student = AutoModelForCausalLM.from_pretrained(folder)
     assert student.config.num_hidden_layers == chosen.data.metrics["n_layers"]
+    return model_name

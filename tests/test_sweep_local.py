@@ -76,15 +76,15 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
     assert curve == [(m.step, m.value) for m in history]
 
     # in the UI: each run's audio and item table, the chosen student in the registry
-    check_listening_and_registry(f"sqlite:///{db}", tmp_path / "downloads", "prun-tts-no-teacher")
-    assert "Model Registry: models:/prun-tts-no-teacher/1" in out
+    name = check_listening_and_registry(f"sqlite:///{db}", tmp_path / "downloads")
+    assert f"Model Registry: models:/{name}/1" in out
 
     # the same command again: the finished sweep is kept, nothing is trained, logged or registered twice
     assert main(sweep_args(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "already holds this sweep's chosen student" in out
     assert len(client.search_runs([exp])) == 4
-    check_listening_and_registry(f"sqlite:///{db}", tmp_path / "downloads-again", "prun-tts-no-teacher")
+    check_listening_and_registry(f"sqlite:///{db}", tmp_path / "downloads-again")
     # the same sweep name with other settings is refused, not mixed in
     assert main(sweep_args(tmp_path, "distill.lr=0.01")) == 2
     assert "different config" in capsys.readouterr().err

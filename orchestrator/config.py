@@ -273,12 +273,29 @@ class TrackingConfig(Section):
         None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else a local sqlite file"
     )
     experiment: str = "prun-tts"
+    registered_model: str | None = Field(
+        "prun-tts-{teacher}",
+        description="the Model Registry name the sweep's chosen student is registered under ({teacher}: the "
+        "teacher folder's name); null: register nothing",
+    )
+    curve_points: int = Field(200, ge=10, description="at most about this many points per training curve in MLflow")
+    system_metrics: bool = Field(True, description="CPU, memory (and GPU) of each trial's node, in its MLflow run")
 
     @field_validator("experiment")
     @classmethod
     def _named(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("is empty; name the MLflow experiment the runs go to, e.g. tracking.experiment=prun-tts")
+        return v
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "{" in v.replace("{teacher}", "") or "/" in v):
+            raise ValueError(
+                f"{v!r} is not a registered model name: give a name without '/' whose only placeholder is "
+                "{teacher}, e.g. tracking.registered_model=prun-tts-{teacher}, or null to register nothing"
+            )
         return v
 
 

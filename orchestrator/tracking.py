@@ -10,6 +10,7 @@ Train workers on other nodes can all log to the same runs.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 PARENT = "mlflow.parentRunId"
 ROLE = "prun_tts.role"  # sweep | baseline | trial
@@ -85,15 +87,18 @@ class CurveLogger:
     (down, busy, a locked sqlite file; MLflow's client has already retried for minutes) stays in
     the buffer and goes with the next flush: a warning, never fatal to training, nothing sent twice.
     A resumed trial replays the steps between its last checkpoint and the crash (to the same values:
-    training is deterministic per step); the points the run already holds are not sent again."""
+    training is deterministic per step); the points the run already holds are not sent again.
+    However long the training, a curve holds about `points` points: every k-th step and the last."""
 
-    def __init__(self, uri: str, run_id: str, prefix: str = "train/"):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, uri: str, run_id: str, steps: int, points: int = 200, prefix: str = "train/"):
+        self.uri, self.run_id, self.steps = uri, run_id, steps
+        self.every = max(1, math.ceil(steps / points))
         self.rows: list[Metric] = []
         self.logged_through = _last_step(uri, run_id, prefix)
 
     def add(self, metrics: dict, step: int) -> None:
-        if step > self.logged_through:
+        on_grid = step % self.every == 0 or step == self.steps
+        if on_grid and step > self.logged_through:
             self.rows += _metric_rows(metrics, step)
 
     def flush(self) -> None:
@@ -149,6 +154,57 @@ def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | 
         client.log_artifact(run_id, str(p), artifact_path)
 
 
+def log_table(uri: str, run_id: str, rows: list[dict], artifact_file: str) -> None:
+    """Rows as a table artifact the UI shows as a table (and `mlflow.load_table` reads back),
+    logged once: MLflow appends to a table the run holds, so a resumed sweep leaves it as it is."""
+    client = MlflowClient(uri)
+    folder = Path(artifact_file).parent
+    if any(f.path == artifact_file for f in client.list_artifacts(run_id, None if folder == Path() else str(folder))):
+        return
+    columns = list(rows[0]) if rows else []
+    client.log_table(run_id, {c: [r[c] for r in rows] for c in columns}, artifact_file)
+
+
+def register_version(uri: str, name: str, run_id: str, artifact_path: str, tags: dict, description: str) -> str | None:
+    """A new version of registered model `name` from the run's `artifact_path`; its version
+    number, or None where the registry already holds a version from this run (a resumed or
+    repeated sweep registers its student once)."""
+    client = MlflowClient(uri)
+    if client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        return None
+    try:
+        client.create_registered_model(name)
+    except Exception:  # noqa: BLE001 (it exists: made by an earlier sweep or meanwhile by another)
+        client.get_registered_model(name)  # anything else (a server that is down) raises here
+    version = client.create_model_version(
+        name,
+        f"runs:/{run_id}/{artifact_path}",
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items()},
+        description=description,
+    )
+    return version.version
+
+
+class SystemMetrics:
+    """CPU, memory, disk, network (and GPU where there is one) of this node, sampled into a run
+    as `system/...` metrics while the block runs (MLflow's own monitor, bound to an explicit run)."""
+
+    def __init__(self, uri: str, run_id: str, on: bool, every_s: float = 10.0):
+        self.monitor = None
+        if on:
+            self.monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, tracking_uri=uri)
+
+    def __enter__(self):
+        if self.monitor:
+            self.monitor.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.monitor:
+            self.monitor.finish()
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(uri).set_terminated(run_id, status)
 
@@ -186,4 +242,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _param(v) -> str:
+    """A param as the UI compares it: numbers as they are written (0.5, 12), lists as 2,3, None empty."""
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(_param, v))
     return str(v)[:6000]  # MLflow's param value limit

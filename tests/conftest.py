@@ -60,6 +60,7 @@ TINY_WORLD = [
     "evaluate.batch_size=8",
     "evaluate.max_new_tokens=60",
     "evaluate.passes=1",
+    "tracking.system_metrics=false",
 ]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import TINY_WORLD, free_port
+from mlflow_checks import check_listening_and_registry
 
 pytestmark = pytest.mark.slow(minutes=3)
 
@@ -264,6 +265,7 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
         assert len(curve["metrics"]) >= 2  # a training curve, one point per step
         arts = mlflow_api(cluster["mlflow"], f"artifacts/list?run_id={run['info']['run_id']}")
         assert {"student", "evaluation.json"} <= {f["path"] for f in arts.get("files", [])}
+    check_listening_and_registry(cluster["mlflow"], tmp / "downloads")
     arts = mlflow_api(cluster["mlflow"], f"artifacts/list?run_id={parent}&path=results")
     assert {"results/trials.csv", "results/pareto.png"} <= {f["path"] for f in arts.get("files", [])}
 

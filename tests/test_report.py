@@ -116,7 +116,7 @@ def test_report_command_rebuilds_the_same_page_and_refuses_what_it_cannot_trust(
 
 
 def test_wer_interval_is_a_bootstrap_over_items_with_passes_averaged():
-    from orchestrator.report.page import wer_interval
+    from orchestrator.evaluate.intervals import wer_interval
 
     same = [{"name": f"i{n}", "wer": 0.25} for n in range(10)]
     assert wer_interval(same, 500, 0) == pytest.approx((25.0, 25.0))

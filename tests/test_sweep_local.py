@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_WORLD, free_port
 from mlflow import MlflowClient
+from mlflow_checks import check_listening_and_registry
 
 from orchestrator.cli import main
 
@@ -74,10 +75,16 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
         curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
     assert curve == [(m.step, m.value) for m in history]
 
-    # the same command again: the finished sweep is kept, nothing is trained or logged twice
+    # in the UI: each run's audio and item table, the chosen student in the registry
+    name = check_listening_and_registry(f"sqlite:///{db}", tmp_path / "downloads")
+    assert f"Model Registry: models:/{name}/1" in out
+
+    # the same command again: the finished sweep is kept, nothing is trained, logged or registered twice
     assert main(sweep_args(tmp_path)) == 0
-    assert "resuming" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" in out and "already holds this sweep's chosen student" in out
     assert len(client.search_runs([exp])) == 4
+    check_listening_and_registry(f"sqlite:///{db}", tmp_path / "downloads-again")
     # the same sweep name with other settings is refused, not mixed in
     assert main(sweep_args(tmp_path, "distill.lr=0.01")) == 2
     assert "different config" in capsys.readouterr().err

@@ -149,16 +149,33 @@ def test_a_resumed_trial_does_not_log_the_curve_steps_its_run_already_holds(tmp_
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run = tracking.start_run(uri, tracking.experiment_id(uri, "e"), "trial", "trial")
-    first = tracking.CurveLogger(uri, run)
+    first = tracking.CurveLogger(uri, run, steps=4)
     for step in (1, 2, 3):  # logged, then the trial dies; its checkpoint was at step 2
         first.add({"train/loss": 10.0 - step, "eval": 1.0}, step)
     first.flush()
-    again = tracking.CurveLogger(uri, run)
+    again = tracking.CurveLogger(uri, run, steps=4)
     for step in (3, 4):  # replayed from the checkpoint
         again.add({"train/loss": 10.0 - step}, step)
     again.flush()
     history = MlflowClient(uri).get_metric_history(run, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0)]
+
+
+def test_a_long_training_curve_is_thinned_to_about_the_points_asked_for(tmp_path):
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = tracking.start_run(uri, tracking.experiment_id(uri, "e"), "trial", "trial")
+    curves = tracking.CurveLogger(uri, run, steps=1001, points=200)  # every 6th step, and the last
+    for step in range(1, 1002):
+        curves.add({"train/loss": 1.0 / step}, step)
+    curves.flush()
+    steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run, "train/loss"))
+    assert steps == [*range(6, 1001, 6), 1001] and len(steps) <= 200
+    short = tracking.CurveLogger(uri, tracking.start_run(uri, "0", "t", "trial"), steps=50, points=200)
+    assert short.every == 1  # a short run keeps every step
 
 
 def test_pareto_front_keeps_only_undominated_students(tmp_path):

@@ -8,36 +8,21 @@ Everything on it is computed from the runs' results folders (report/results.py):
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from orchestrator.builders import build_world
 from orchestrator.config import Config, ConfigError
+from orchestrator.evaluate.intervals import wer_interval
 from orchestrator.files import atomic_write_json, atomic_write_text
 from orchestrator.model_checks import check_output_dir
 from orchestrator.report import figures
+from orchestrator.report.audio import audio_items, item_names, listener, write_audio
 from orchestrator.report.results import Results, read_results
-from orchestrator.speech.audio import save_audio
 
 STATIC = Path(__file__).resolve().parent / "static"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-
-def wer_interval(items: list[dict], resamples: int, seed: int) -> tuple[float, float]:
-    """95% bootstrap interval of the mean WER (%) over test items. Several sampling passes of an item
-    (`name#p`) are averaged first: items, not passes, are what is resampled."""
-    by_item: dict[str, list[float]] = {}
-    for it in items:
-        by_item.setdefault(it["name"].split("#")[0], []).append(it["wer"])
-    per_item = np.array([np.mean(v) for v in by_item.values()]) * 100
-    rng = np.random.default_rng(seed)
-    means = per_item[rng.integers(0, len(per_item), size=(resamples, len(per_item)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def choose_student(students: list[dict], chosen: str | None) -> dict:
@@ -71,19 +56,6 @@ def key_results(teacher: dict, student: dict, budget: dict) -> dict:
         "student_sim": student["sim"],
         "sim_delta": student["sim"] - teacher["sim"],
     }
-
-
-def audio_items(results: Results, systems: list[str], n: int, seed: int) -> list[str]:
-    """A seeded draw of test items every system has (first sampling pass), in test-list order."""
-    names = [
-        it["name"]
-        for it in results.evaluations["teacher"]["items"]
-        if it["name"].split("#")[0] == it["name"] or it["name"].endswith("#0")
-    ]
-    have = [{it["name"] for it in results.evaluations[s]["items"]} for s in systems]
-    common = [x for x in names if all(x in h for h in have)]
-    picked = set(random.Random(seed).sample(common, min(n, len(common))))
-    return [x for x in common if x in picked]
 
 
 def build_report(sources: list[Results], out: str | Path, log=print) -> Path:
@@ -227,8 +199,8 @@ def _audio_table(
         (s["trial_id"], f"drop {s['dropped_layers']} ({int(s['n_layers'])} layers)") for s in shown
     ]
     names = audio_items(results, [k for k, _ in systems], cfg.report.n_items, cfg.report.seed)
-    listen, test, note = _listener(cfg)
-    index = {name: i for i, name in enumerate(_item_names(test))}
+    listen, test, note = listener(cfg)
+    index = {name: i for i, name in enumerate(item_names(test))}
     eval_items = {k: {it["name"]: it for it in results.evaluations[k]["items"]} for k, _ in systems}
     listed = {n: test[index[n.split("#")[0]]] for n in names if n.split("#")[0] in index}  # the list's own items
     has_truth = any(it.target_codes or it.target_audio for it in listed.values())
@@ -237,18 +209,8 @@ def _audio_table(
     log(f"      audio: {len(names)} test items x {len(columns)} columns")
 
     def audio(rel: str, recording: str, codes, prompt: str) -> str | None:
-        """A recording the list points at, copied as it is; else the codes made audible."""
-        dest = where / rel
-        if recording:
-            dest = dest.with_suffix(Path(recording).suffix)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(recording, dest)
-        else:
-            wav = listen(list(codes), prompt) if listen and codes else None
-            if wav is None:
-                return None
-            save_audio(dest, _as_array(wav))
-        return str(dest.relative_to(out))
+        made = write_audio(listen, where / rel, recording, codes, prompt)
+        return str(made.relative_to(out)) if made else None
 
     rows, files = [], {}
     for n in names:
@@ -274,26 +236,3 @@ def _audio_table(
         files[n] = {c["column"]: c["audio"] for c in row["cells"]}
         rows.append(row)
     return {"columns": columns, "rows": rows, "files": files, "note": note}
-
-
-def _listener(cfg: Config):
-    """(codes, prompt recording) -> waveform for this world, its test list, and a note where audio
-    cannot be made here (the page then shows what the ASR heard and the codes)."""
-    try:
-        world = build_world(cfg)
-    except (ConfigError, OSError) as e:  # the test list or the codec is not on this machine
-        return None, [], f"No audio: the {cfg.world.name} world cannot be built on this machine ({e})."
-    if world.vocoder is not None:
-        return (lambda codes, prompt: world.vocoder(codes)), world.test_items, ""
-    return (lambda codes, prompt: world.codec.decode(codes, prompt or None)), world.test_items, ""
-
-
-def _item_names(items) -> list[str]:
-    """Item names without building the items (a Seed-TTS list encodes a prompt when an item is built)."""
-    return list(getattr(items, "names", None) or [it.name for it in items])
-
-
-def _as_array(waveform) -> np.ndarray:
-    if hasattr(waveform, "detach"):
-        return waveform.detach().cpu().float().numpy().reshape(-1)
-    return np.asarray(waveform, dtype=np.float32).reshape(-1)

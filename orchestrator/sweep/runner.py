@@ -34,6 +34,8 @@ from orchestrator.pipeline.preflight import comparable, concurrent_trials, prefl
 from orchestrator.pipeline.stages import Plan, StudentResult, TeacherInfo
 from orchestrator.prune.surgery import label
 from orchestrator.report.page import report_of
+from orchestrator.report.results import read_results
+from orchestrator.sweep.listening import log_listening, register_chosen, registered_name
 from orchestrator.sweep.space import param_space, trial_plan, trial_space
 from orchestrator.sweep.trial import TRIAL_TAG, SweepPayload, run_trial
 
@@ -142,9 +144,11 @@ class MlflowHooks(Hooks):
     def __init__(self, cfg: Config, uri: str, base: Path, space: dict, log):
         self.cfg, self.uri, self.base, self.space, self.log = cfg, uri, base, space, log
         self.run: _SweepRun | None = None
+        self.teacher_path = ""
 
     def teacher(self, teacher: TeacherInfo) -> None:
         self.run = _parent_run(self.cfg, self.uri, self.base, teacher, self.space)
+        self.teacher_path = teacher.path
 
     def baseline(self, teacher: TeacherInfo, baseline: dict) -> None:
         _baseline_run(self.uri, self.run, teacher, baseline)
@@ -158,6 +162,21 @@ class MlflowHooks(Hooks):
 
     def report(self, page: Path) -> None:
         tracking.log_artifacts(self.uri, self.run.id, page.parent, "report")
+        results = read_results(self.base / "results")
+        runs = self._runs(results)
+        log_listening(self.uri, self.run.id, runs, results, self.log)
+        name = registered_name(self.cfg, self.teacher_path)
+        if name:
+            register_chosen(self.cfg, self.uri, name, runs, self.run.id, page, results, self.log)
+
+    def _runs(self, results) -> dict[str, str]:
+        """ "teacher" and each finished trial id -> its MLflow run."""
+        exp, uri = self.run.experiment, self.uri
+        runs = {"teacher": tracking.find_run(uri, exp, {**self.run.tags, tracking.ROLE: "baseline"})}
+        for r in results.trials:
+            if r["status"] == "ok":
+                runs[str(r["trial_id"])] = tracking.find_run(uri, exp, {TRIAL_TAG: str(r["trial_id"])})
+        return {k: v for k, v in runs.items() if v}
 
     def failed(self) -> None:
         if self.run is not None:

@@ -88,7 +88,9 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             load_checkpoint(run.state, Path(d) / STATE, fingerprint=job.fingerprint)
     source = TeacherCache(job.teacher_cache, teacher_model) if job.teacher_cache else teacher_model
-    curves = tracking.CurveLogger(job.tracking_uri, job.run_id) if rank == 0 else None
+    curves = None
+    if rank == 0:  # one worker logs the curves, thinned to about tracking.curve_points points
+        curves = tracking.CurveLogger(job.tracking_uri, job.run_id, run.steps, cfg.tracking.curve_points)
     last: dict = {}
     for m in training_steps(run, cfg, world, source, rank, size):
         last = {k: v for k, v in m.items() if k != "step"}
@@ -131,8 +133,10 @@ def _report(metrics: dict, state, fingerprint: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def trial_run_id(sweep: SweepPayload, trial_id: str, plan: Plan, n_layers: int) -> str:
-    """The trial's MLflow child run: found again when the trial is resumed, else created."""
+def trial_run_id(sweep: SweepPayload, trial_id: str, plan: Plan, n_layers: int, searched: dict) -> str:
+    """The trial's MLflow child run: found again when the trial is resumed, else created. Its
+    params: the layers and what chose them, and the trial's searched settings (`searched`: its
+    Tune config), each a plain value the UI's parallel-coordinates and scatter views can compare."""
     uri, tags = sweep.tracking_uri, {TRIAL_TAG: trial_id, tracking.PARENT: sweep.parent_run_id}
     kept = [i for i in range(n_layers) if i not in plan.drop]
     return tracking.find_run(uri, sweep.experiment_id, tags) or tracking.start_run(
@@ -149,6 +153,7 @@ def trial_run_id(sweep: SweepPayload, trial_id: str, plan: Plan, n_layers: int) 
             "ratio": round(len(plan.drop) / n_layers, 4),
             "n_drop": len(plan.drop),
             "trial_id": trial_id,
+            **searched,
         },
         tags=tags,
     )
@@ -160,7 +165,7 @@ def run_trial(config: dict, sweep: SweepPayload) -> None:
     plan = trial_plan(config, sweep.plans)
     trial_id = tune.get_context().get_trial_id()
     uri = sweep.tracking_uri
-    run_id = trial_run_id(sweep, trial_id, plan, n)
+    run_id = trial_run_id(sweep, trial_id, plan, n, config)
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     job = TrialPayload(
@@ -188,7 +193,8 @@ def run_trial(config: dict, sweep: SweepPayload) -> None:
         ),
     )
     try:
-        result = trainer.fit()
+        with tracking.SystemMetrics(uri, run_id, cfg.tracking.system_metrics):  # this trial's node, while it trains
+            result = trainer.fit()
         metrics = {k: v for k, v in result.metrics.items() if not isinstance(v, (dict, list, str))}
         tracking.log_metrics(uri, run_id, {k: metrics[k] for k in (*METRICS, *BUDGET_METRICS) if k in metrics})
         if result.checkpoint is not None:

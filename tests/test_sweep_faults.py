@@ -1,6 +1,6 @@
 """`prun-tts sweep` under faults, on real processes: the driver killed (SIGKILL) mid-trial and
-the same command run again; a trial whose Train workers die; the MLflow server stopped
-mid-sweep and started again.
+the same command run again, its figures compared with a sweep whose MLflow server was stopped
+mid-sweep and started again; a trial whose Train workers die.
 
 Every sweep is the `prun-tts` command in a subprocess leading its own session, on a private
 local Ray. The tests stop only what they started: the command's process group, then whatever
@@ -199,15 +199,60 @@ def steps_reported(base: Path, trial_id: str) -> list[int]:
 SAME = ("status", "n_layers", "params_m", "wer", "sim", "wer_delta", "sim_delta", "loss")  # not rtf, speed-up, time
 
 
-# ------------------------------------------------------------------ 1. kill -9 and resume
+# ------------------------------------------------------------------ an MLflow server of the test's own
 
 
-def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
-    """U runs uninterrupted (both trials at once); K runs one trial at a time, its whole process
-    group is SIGKILLed once the first trial has finished and the second has a mid-training
-    checkpoint, and the same command then finishes it. K's figures must be U's, to the digit."""
+def mlflow_server(started, tmp_path: Path, port: int, log: Path, wait: bool = True) -> Session:
+    """`mlflow server` on `port` (the same store each time); `wait`: until it answers."""
+    server = started(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "mlflow-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        log,
+    )
+    if wait:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 180, "the MLflow server", server, every=0.5)
+    return server
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ 1. kill -9 and resume; the MLflow server goes away
+
+OUTAGE_S = 20
+
+
+def test_killed_sweep_resumes_to_the_result_of_one_whose_mlflow_server_went_away(tmp_path, started):
+    """Two faults, one reference. U is never killed: it logs to an MLflow server that is stopped
+    while U's trials train and started again OUTAGE_S later (MLflow's client retries, so U finishes
+    and its runs are whole). K runs one trial at a time; its whole process group is SIGKILLed once
+    the first trial has finished and the second has a mid-training checkpoint, and the same command
+    then finishes it. U's training never noticed the outage: K's figures must be U's, to the digit."""
     u_root, k_root = tmp_path / "U", tmp_path / "K"
-    u = started(sweep_cmd(u_root, "sweep.local_cpus=5"), tmp_path / "U.log")
+    port = free_port()
+    server = mlflow_server(started, tmp_path, port, tmp_path / "mlflow-1.log")
+    u_cmd = sweep_cmd(u_root, "sweep.local_cpus=5", f"tracking.uri=http://127.0.0.1:{port}")
+    u = started(u_cmd, tmp_path / "U.log")
+    u_base = u_root / "sweeps" / NAME
     # K starts once U has the mini teacher in the shared cache (one training of it, no race)
     wait_until(lambda: "[2/7]" in u.log.read_text(), 600, "U's teacher", u, every=0.5)
     k_cmd = sweep_cmd(k_root, "sweep.local_cpus=3", "sweep.max_concurrent_trials=1")
@@ -220,9 +265,26 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
         midway = [t for t, m in ckpts.items() if "wer" not in m]
         return (done[0], midway[0]) if done and midway else None
 
-    done, midway = wait_until(first_done_second_midway, 900, "K: a finished trial and one midway", k)
-    k.stop()  # kill -9 of the whole sweep: driver, Ray's head processes, the trial drivers and Train workers
-    killed_at = latest_checkpoints(k_base)
+    # the two faults, each when its moment comes: polled together, so neither waits for the other
+    down = back = None
+    killed_at: dict = {}
+    deadline = time.time() + 900
+    while not (killed_at and back):
+        assert time.time() < deadline, f"U:\n{u.tail()}\nK:\n{k.tail()}"
+        if down is None and latest_checkpoints(u_base):  # U's trials are training
+            server.stop(signal.SIGTERM)
+            down = time.time()
+        if down and not back and time.time() - down >= OUTAGE_S:
+            mlflow_server(started, tmp_path, port, tmp_path / "mlflow-2.log", wait=False)  # U's client retries
+            back = time.time()
+        if not killed_at:
+            assert k.proc.poll() is None, f"K ended (rc {k.proc.returncode}) before it was killed:\n{k.tail()}"
+            moment = first_done_second_midway()
+            if moment:
+                k.stop()  # kill -9 of the whole sweep: driver, Ray's head processes, the trial drivers and workers
+                done, midway = moment
+                killed_at = latest_checkpoints(k_base)
+        time.sleep(0.05)
     assert "wer" not in killed_at[midway], "the second trial finished before the kill: nothing was interrupted"
     stopped_step = killed_at[midway]["step"]
     assert 2 <= stopped_step < STEPS
@@ -234,8 +296,19 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
     assert "resuming the sweep" in k2.log.read_text()
     assert u.wait(900) == 0, u.tail()
 
+    # U: the outage cost nothing (no curve point dropped, every run closed and whole)
+    u_chatter = u_base / "ray-and-mlflow.log"
+    assert not u_chatter.is_file() or "not logged" not in u_chatter.read_text(), (
+        f"curve points lost during the {back - down:.0f} s outage"
+    )
+    u_client = MlflowClient(f"http://127.0.0.1:{port}")
+    u_roles = runs_by_role(u_client)
+    assert {r: len(v) for r, v in u_roles.items()} == {"sweep": 1, "baseline": 1, "trial": 2}
+    assert {r.info.status for v in u_roles.values() for r in v} == {"FINISHED"}
+    assert all({"wer", "sim"} <= set(r.data.metrics) for r in u_roles["trial"])
+
     # determinism and an exact resume: the same figures, to the last digit
-    u_rows, k_rows = trial_rows(u_root / "sweeps" / NAME), trial_rows(k_base)
+    u_rows, k_rows = trial_rows(u_base), trial_rows(k_base)
     assert sorted(u_rows) == sorted(k_rows) == ["0", "0-1"]
     for drop in u_rows:
         assert {f: k_rows[drop][f] for f in SAME} == {f: u_rows[drop][f] for f in SAME}, drop
@@ -254,7 +327,6 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
     assert f"trial {trial_id} step 2/{STEPS}" not in resumed_log  # not trained from the start again
 
     # MLflow: one sweep run, one baseline run and one run per trial, all closed, none twice
-    u_client = MlflowClient(f"sqlite:///{u_root / 'runs' / 'mlflow.db'}")
     k_client = MlflowClient(f"sqlite:///{k_root / 'runs' / 'mlflow.db'}")
     roles = runs_by_role(k_client)
     assert {r: len(v) for r, v in roles.items()} == {"sweep": 1, "baseline": 1, "trial": 2}
@@ -266,8 +338,9 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, started):
     for r in trials:
         history = k_client.get_metric_history(r.info.run_id, "wer")
         assert len(history) == 1, f"{r.data.params['dropped_layers']}: wer logged {len(history)} times"
-    # the training curves are U's, step for step; a step logged twice has the same value
-    k_curves, u_curves = curves(k_client, trials), curves(u_client, runs_by_role(u_client)["trial"])
+    # the training curves are U's, step for step (U's whole across the outage); a step logged twice
+    # has the same value
+    k_curves, u_curves = curves(k_client, trials), curves(u_client, u_roles["trial"])
     for drop, points in u_curves.items():
         assert [s for s, _ in points] == list(range(1, STEPS + 1))
         assert sorted(set(k_curves[drop])) == points, drop
@@ -358,78 +431,3 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except psutil.Error:
         return []
-
-
-# ------------------------------------------------------------------ 3. the MLflow server goes away
-
-
-def mlflow_server(started, tmp_path: Path, port: int, log: Path) -> Session:
-    server = started(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "mlflow-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        log,
-    )
-    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 180, "the MLflow server", server, every=0.5)
-    return server
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-OUTAGE_S = 20
-
-
-def test_mlflow_server_stopped_mid_sweep_and_started_again(tmp_path, started):
-    """The MLflow server goes down while a trial trains and comes back OUTAGE_S later: MLflow's
-    client retries (about two minutes of back-off), so the sweep finishes and its runs are whole."""
-    port = free_port()
-    server = mlflow_server(started, tmp_path, port, tmp_path / "mlflow-1.log")
-    cmd = sweep_cmd(
-        tmp_path,
-        "sweep.space=layer_sets",
-        "sweep.layer_sets=['0']",
-        "sweep.local_cpus=3",
-        f"tracking.uri=http://127.0.0.1:{port}",
-    )
-    sweep = started(cmd, tmp_path / "sweep.log")
-    base = tmp_path / "sweeps" / NAME
-    wait_until(lambda: latest_checkpoints(base), 900, "the trial's first checkpoint", sweep)
-    server.stop(signal.SIGTERM)
-    down = time.time()
-    time.sleep(OUTAGE_S)
-    mlflow_server(started, tmp_path, port, tmp_path / "mlflow-2.log")
-    back = time.time()
-    rc = sweep.wait(900)
-    assert rc == 0, sweep.tail()
-    assert (
-        not (base / "ray-and-mlflow.log").is_file() or "not logged" not in (base / "ray-and-mlflow.log").read_text()
-    ), f"curve points lost during the {back - down:.0f} s outage"
-
-    (row,) = trial_rows(base).values()
-    assert row["status"] == "ok", row
-    client = MlflowClient(f"http://127.0.0.1:{port}")
-    roles = runs_by_role(client)
-    assert {r: len(v) for r, v in roles.items()} == {"sweep": 1, "baseline": 1, "trial": 1}
-    assert {r.info.status for v in roles.values() for r in v} == {"FINISHED"}
-    (points,) = curves(client, roles["trial"]).values()
-    assert [s for s, _ in points] == list(range(1, STEPS + 1))
-    assert {"wer", "sim"} <= set(roles["trial"][0].data.metrics)

@@ -36,7 +36,7 @@ demo-one-process: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mini/mlflow.db --port 5000
 
-# docs/mlflow-wer-vs-depth.png and docs/report-page.png from the demo's runs (installs chromium + playwright).
+# docs/mlflow-*.png (chart, audio, registry) and docs/report-page.png from the demo's runs (installs chromium + playwright).
 screenshot: $(BROWSER)
 	$(BIN)/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
 	$(BIN)/python scripts/report_screenshot.py --page runs/sweeps/mini-sweep/report --out docs/report-page.png

@@ -1,10 +1,12 @@
-"""Screenshot of the real MLflow UI: the sweep's runs (teacher and students) on a
-WER-versus-depth scatter chart, in headless Chromium.
+"""Screenshots of the real MLflow UI, in headless Chromium: the sweep's runs (teacher and
+students) on a WER-versus-depth scatter chart; a trial's audio playing in the artifact viewer;
+the registered model's version that the sweep chose.
 
     scripts/install-browser.sh        # once: Debian chromium + playwright
     .venv/bin/python scripts/mlflow_screenshot.py --db runs/mini/mlflow.db --out docs/mlflow-wer-vs-depth.png
 
-Writes the chart full size (--out) and the chart view with the run list (...-runs.png).
+Writes the chart full size (--out), the chart view with the run list (...-runs.png), the audio
+(--audio-out) and the registry page (--registry-out).
 
 Starts its own `mlflow server` on a free port against the sqlite file, and stops it after.
 """
@@ -37,6 +39,8 @@ def main() -> None:
     ap.add_argument("--db", default="runs/mini/mlflow.db")
     ap.add_argument("--experiment", default="prun-tts")
     ap.add_argument("--out", default="docs/mlflow-wer-vs-depth.png")
+    ap.add_argument("--audio-out", default="docs/mlflow-trial-audio.png")
+    ap.add_argument("--registry-out", default="docs/mlflow-registered-model.png")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
     port = free_port()
@@ -67,7 +71,8 @@ def main() -> None:
                 time.sleep(1)
         from mlflow import MlflowClient
 
-        exp = MlflowClient(base).get_experiment_by_name(args.experiment).experiment_id
+        client = MlflowClient(base)
+        exp = client.get_experiment_by_name(args.experiment).experiment_id
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1500, "height": 950})
@@ -79,11 +84,49 @@ def main() -> None:
             add_scatter(page, args.out)
             page.wait_for_timeout(2000)
             page.screenshot(path=args.out)
+            version = chosen_version(client)
+            audio_playing(page, base, exp, version.run_id, args.audio_out)
+            registered_model(page, base, version, args.registry_out)
             browser.close()
-        print(f"screenshot: {args.out}")
+        print(f"screenshots: {args.out}, {args.audio_out}, {args.registry_out}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def chosen_version(client):
+    """The newest registered version (the sweep's chosen student)."""
+    versions = [v for m in client.search_registered_models() for v in m.latest_versions]
+    return max(versions, key=lambda v: v.creation_timestamp)
+
+
+def audio_playing(page, base: str, exp: str, run_id: str, out: str) -> None:
+    """The trial's run, Artifacts tab, its first audio file selected and playing."""
+    page.goto(f"{base}/#/experiments/{exp}/runs/{run_id}/artifacts", wait_until="load")
+    page.wait_for_timeout(5000)
+    close_assistant(page)
+    page.get_by_text("audio", exact=True).first.click()  # the folder
+    page.wait_for_timeout(1500)
+    page.locator("text=/\\.wav$/").first.click()  # its first file
+    page.wait_for_timeout(4000)
+    shot(page, out, "1-selected")
+    for play in page.locator("button[aria-label*='lay' i], button[title*='lay' i]").all():
+        if play.is_visible():
+            play.click()
+            break
+    else:
+        for audio in page.locator("audio").all():  # a plain <audio> element: start it
+            audio.evaluate("a => a.play()")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=out)
+
+
+def registered_model(page, base: str, version, out: str) -> None:
+    """The registered model's version page: source run, tags, description."""
+    page.goto(f"{base}/#/models/{version.name}/versions/{version.version}", wait_until="load")
+    page.wait_for_timeout(5000)
+    close_assistant(page)
+    page.screenshot(path=out)
 
 
 def shot(page, out: str, step: str) -> None:

@@ -72,6 +72,12 @@ def log_metrics(uri: str, run_id: str, metrics: dict, step: int = 0) -> None:
     _send(uri, run_id, _metric_rows(metrics, step))
 
 
+def log_metrics_once(uri: str, run_id: str, metrics: dict) -> None:
+    """The metrics the run does not hold yet (a resumed sweep logs nothing twice)."""
+    held = MlflowClient(uri).get_run(run_id).data.metrics
+    log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k not in held})
+
+
 def _metric_rows(metrics: dict, step: int) -> list[Metric]:
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]

@@ -68,7 +68,12 @@ def check_listening_and_registry(uri: str, dest: Path, experiment: str = "prun-t
     assert tags["dropped_layers"] == chosen.data.params["dropped_layers"]
     assert tags["sweep_run_id"] == parent.info.run_id
     assert float(tags["wer_delta"]) == round(chosen.data.metrics["wer_delta"], 4)
-    assert float(tags["wer_delta_ci_low"]) <= float(tags["wer_delta"]) <= float(tags["wer_delta_ci_high"])
+    assert float(tags["wer_delta_ci_low"]) - 1e-4 <= float(tags["wer_delta"]) <= float(tags["wer_delta_ci_high"]) + 1e-4
+    for run in roles["trial"]:  # each trial run holds its dWER's paired interval beside it
+        m = run.data.metrics
+        assert m["wer_delta_ci_low"] - 1e-9 <= m["wer_delta"] <= m["wer_delta_ci_high"] + 1e-9, run.info.run_name
+        assert m["sim_delta_ci_low"] <= m["sim_delta_ci_high"]
+    assert float(tags["wer_delta_ci_low"]) == round(chosen.data.metrics["wer_delta_ci_low"], 4)
     assert "paired 95% interval" in version.description
     # the README's command, in a process of its own: the registry is the tracking server's
     code = f"import mlflow; print(mlflow.artifacts.download_artifacts('models:/{model_name}/{version.version}'))"

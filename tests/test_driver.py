@@ -6,6 +6,8 @@ report is made from it, and the hooks see each stage once."""
 import csv
 import json
 
+import pytest
+
 from orchestrator.pipeline import stages
 from orchestrator.pipeline.driver import Hooks, run_pipeline
 from orchestrator.pipeline.results import MANIFEST
@@ -22,11 +24,15 @@ class RecordingStudents:
 
     def run(self, job, log):
         self.plans = job.plans
+        # the teacher's own items (the baseline stage evaluated them), each student erring 10(i+1) points
+        # more and sounding 0.01(i+1) less like the speaker on every one of them
+        teacher = stages.teacher_evaluation(job.cfg, job.teacher, stages.LocalExecutor(), job.out / "state", None)
         results = []
         for i, plan in enumerate(job.plans):
             metrics = {k: float(i + 1) for k in stages.METRICS}
             metrics["n_layers"] = job.teacher.n_layers - len(plan.drop)
-            items = [{"name": "x", "wer": 0.0}]
+            shift = 0.1 * (i + 1)
+            items = [{**it, "wer": it["wer"] + shift, "sim": it["sim"] - shift / 10} for it in teacher["items"]]
             results.append(stages.StudentResult(f"t{i}", plan, "ok", metrics, {**metrics, "items": items}, []))
         return results
 
@@ -76,6 +82,10 @@ def test_the_driver_makes_one_student_per_layer_set_and_every_pruned_only_figure
     for label, row in rows.items():  # the pruned-only WER of every student, from its own evaluation
         assert float(row["pruned_wer"]) == done.pruned[label]["wer"] >= 0
         assert done.pruned[label]["n_layers"] == cfg.world.teacher.layers - len(label.split("-"))
+        # paired against the teacher on the same items: a constant shift is its own interval
+        shift = 10.0 * (int(row["trial_id"][1:]) + 1)
+        assert float(row["wer_delta_ci_low"]) == pytest.approx(shift) == float(row["wer_delta_ci_high"])
+        assert float(row["sim_delta_ci_low"]) == pytest.approx(-shift / 1000) == float(row["sim_delta_ci_high"])
     manifest = json.loads((out / "results" / MANIFEST).read_text())
     assert {"trials.csv", "baseline.json", "evaluations/teacher.json", "evaluations/t0.json"} <= set(manifest)
 

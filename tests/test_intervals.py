@@ -51,3 +51,13 @@ def test_sim_differences_are_in_sim_units_and_only_shared_items_count():
     assert paired_interval(student, teacher, 500, 0, key="sim") == pytest.approx((-0.05, -0.05))
     with pytest.raises(ValueError, match="share no test item"):
         paired_interval(items([0.1]), [{"name": "other", "wer": 0.0, "sim": 1.0}], 500, 0)
+
+
+def test_delta_intervals_name_both_differences():
+    from orchestrator.evaluate.intervals import DELTA_INTERVALS, delta_intervals
+
+    teacher = items([0.1, 0.2, 0.0, 0.3], sims=[0.9, 0.8, 0.85, 0.9])
+    student = items([0.15, 0.25, 0.05, 0.35], sims=[0.88, 0.78, 0.83, 0.88])
+    got = delta_intervals(student, teacher, 500, 0)
+    assert tuple(got) == DELTA_INTERVALS
+    assert [got[k] for k in DELTA_INTERVALS] == pytest.approx([5.0, 5.0, -0.02, -0.02])

@@ -66,6 +66,14 @@ def test_the_page_holds_the_runs_measured_values(demo):
     assert k["depth_reduction"] == pytest.approx(1 - float(smallest["n_layers"]) / 4) == 0.5
     assert k["params_reduction"] == pytest.approx(1 - float(smallest["params_m"]) / baseline["params_m"])
     assert k["wer_delta"] == pytest.approx(float(smallest["wer"]) - baseline["wer"])
+    # dWER and dSIM with the paired intervals trials.csv holds
+    assert k["wer_delta_ci"] == pytest.approx(
+        [float(smallest["wer_delta_ci_low"]), float(smallest["wer_delta_ci_high"])]
+    )
+    assert k["sim_delta_ci"] == pytest.approx(
+        [float(smallest["sim_delta_ci_low"]), float(smallest["sim_delta_ci_high"])]
+    )
+    assert k["wer_delta_ci"][0] - 1e-9 <= k["wer_delta"] <= k["wer_delta_ci"][1] + 1e-9
     assert k["speedup"] == pytest.approx(float(smallest["speedup"]))
     budget = json.loads((demo / "results" / "budget.json").read_text())
     assert (

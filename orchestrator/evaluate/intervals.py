@@ -41,3 +41,14 @@ def paired_interval(
         raise ValueError("the student and the teacher share no test item: a paired interval needs the same items")
     scale = 100 if key == "wer" else 1
     return _bootstrap(np.array([s[n] - t[n] for n in common]) * scale, resamples, seed)
+
+
+# The columns a student's paired intervals add to its figures (trials.csv, MLflow, the page).
+DELTA_INTERVALS = ("wer_delta_ci_low", "wer_delta_ci_high", "sim_delta_ci_low", "sim_delta_ci_high")
+
+
+def delta_intervals(student: list[dict], teacher: list[dict], resamples: int, seed: int) -> dict[str, float]:
+    """dWER (points) and dSIM of a student against its teacher, each as its paired 95% interval."""
+    wer = paired_interval(student, teacher, resamples, seed, "wer")
+    sim = paired_interval(student, teacher, resamples, seed, "sim")
+    return dict(zip(DELTA_INTERVALS, (*wer, *sim)))

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from orchestrator.config import Config
 from orchestrator.distill.budget import DataBudget, budget_record
+from orchestrator.evaluate.intervals import delta_intervals
 from orchestrator.pipeline import stages
 from orchestrator.pipeline.results import write_results
 from orchestrator.pipeline.stages import Executor, Plan, StudentResult, TeacherInfo
@@ -134,13 +135,19 @@ def run_pipeline(
 
         log("[6/7] trade-off: pruned-only figures, results")
         pruned = stages.pruned_only_stage(cfg, teacher, [r.plan.drop for r in results], baseline, executor, state, log)
-        rows = stages.sort_rows([stages.trial_row(r, teacher.n_layers, pruned[r.plan.label]) for r in results])
+        teacher_eval = stages.teacher_evaluation(cfg, teacher, executor, state, log=None)
+        rows = stages.sort_rows(
+            [
+                stages.trial_row(r, teacher.n_layers, pruned[r.plan.label], _intervals(cfg, r, teacher_eval))
+                for r in results
+            ]
+        )
         files = write_results(
             out / "results",
             rows,
             baseline,
             cfg.model_dump(),
-            stages.teacher_evaluation(cfg, teacher, executor, state, log=None),
+            teacher_eval,
             {r.trial_id: r.evaluation for r in results if r.evaluation is not None},
             {r.trial_id: r.curve for r in results if r.evaluation is not None},
             scores_record(by_scorer),
@@ -158,6 +165,14 @@ def run_pipeline(
     log(stages.format_trials(rows, baseline))
     hooks.finished(rows, page)
     return Outcome(teacher, baseline, plans, budget, rows, pruned, files, page)
+
+
+def _intervals(cfg: Config, result: StudentResult, teacher_eval: dict) -> dict:
+    """A finished student's paired intervals against the teacher (same items, same sampling seeds)."""
+    if result.evaluation is None:
+        return {}
+    items = result.evaluation["items"]
+    return delta_intervals(items, teacher_eval["items"], cfg.report.bootstrap, cfg.report.seed)
 
 
 def plan_summary(plans: Sequence[Plan]) -> dict:

@@ -31,6 +31,7 @@ from orchestrator.config import Config, ConfigError
 from orchestrator.distill.budget import plan_budget
 from orchestrator.distill.loop import loss_spec
 from orchestrator.distill.teacher_cache import build_teacher_cache
+from orchestrator.evaluate.intervals import DELTA_INTERVALS
 from orchestrator.evaluate.synthesis import evaluate_model, speedup
 from orchestrator.files import digest, file_digest
 from orchestrator.pipeline.state import cached_stage, load_state, save_state
@@ -467,9 +468,10 @@ class StudentResult:
 ROW_COLUMNS = ("trial_id", "dropped_layers", "scorer", "strategy", "status", "label", "error")
 
 
-def trial_row(result: StudentResult, n_layers: int, pruned: dict | None = None) -> dict:
-    """A student as a row of trials.csv: who it is, METRICS, its last training loss, its wall
-    time and its pruned-only WER."""
+def trial_row(result: StudentResult, n_layers: int, pruned: dict | None = None, intervals: dict | None = None) -> dict:
+    """A student as a row of trials.csv: who it is, METRICS, the paired 95% intervals of its dWER
+    and dSIM (`intervals`: DELTA_INTERVALS), its last training loss, its wall time and its
+    pruned-only WER."""
     plan, metrics = result.plan, result.metrics
     row = dict(
         zip(
@@ -478,6 +480,7 @@ def trial_row(result: StudentResult, n_layers: int, pruned: dict | None = None) 
         )
     )
     row.update({k: metrics.get(k, float("nan")) for k in (*METRICS, "loss")})
+    row.update({k: (intervals or {}).get(k, float("nan")) for k in DELTA_INTERVALS})
     row["time_s"] = metrics.get("time_total_s", float("nan"))  # the trial's wall time: training and evaluation
     row["pruned_wer"] = (pruned or {}).get("wer", float("nan"))
     if result.status != "ok":
@@ -490,11 +493,16 @@ def sort_rows(rows: list[dict]) -> list[dict]:
 
 
 def format_trials(rows: list[dict], baseline: dict) -> str:
+    """The console's table; dWER with its paired 95% interval (the same items, resampled)."""
+    head = (
+        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER [paired 95%]      "
+        "| pruned only | SIM   | speed-up |"
+    )
     lines = [
-        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER   | pruned only | SIM   | speed-up |",
-        "|--------------------------|--------------------|-------|--------|--------|-------------|-------|----------|",
+        head,
+        "".join("|" if c == "|" else "-" for c in head),
         f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
-        f"|   0.00 |           - | {baseline['sim']:.3f} |    1.00x |",
+        f"|   0.00                 |           - | {baseline['sim']:.3f} |    1.00x |",
     ]
     for r in rows:
         who = f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "
@@ -502,8 +510,9 @@ def format_trials(rows: list[dict], baseline: dict) -> str:
             why = "stopped early by the scheduler" if r["status"] == "stopped" else f"failed: {r['error'][:60]}"
             lines.append(f"{who}| {why}")
             continue
+        ci = f"[{r['wer_delta_ci_low']:+6.2f}, {r['wer_delta_ci_high']:+6.2f}]"
         lines.append(
-            f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} | {r['pruned_wer']:11.2f} | {r['sim']:.3f} "
+            f"{who}| {r['wer']:6.2f} | {r['wer_delta']:+6.2f} {ci} | {r['pruned_wer']:11.2f} | {r['sim']:.3f} "
             f"| {r['speedup']:7.2f}x |"
         )
     return "\n".join(lines)

@@ -52,9 +52,11 @@ def key_results(teacher: dict, student: dict, budget: dict) -> dict:
         "student_wer": student["wer"],
         "student_wer_ci": student["wer_ci"],
         "wer_delta": student["wer"] - teacher["wer"],
+        "wer_delta_ci": [student["wer_delta_ci_low"], student["wer_delta_ci_high"]],  # paired: the same items
         "teacher_sim": teacher["sim"],
         "student_sim": student["sim"],
         "sim_delta": student["sim"] - teacher["sim"],
+        "sim_delta_ci": [student["sim_delta_ci_low"], student["sim_delta_ci_high"]],
     }
 
 

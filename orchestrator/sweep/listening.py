@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.config import Config
-from orchestrator.evaluate.intervals import paired_interval
+from orchestrator.evaluate.intervals import DELTA_INTERVALS
 from orchestrator.files import read_json
 from orchestrator.report.audio import run_audio
 from orchestrator.report.results import Results
@@ -69,10 +69,8 @@ def register_chosen(
     section = read_json(page.parent / "results.json", "report results")["sections"][0]  # the sweep's page: one
     chosen = section["chosen"]
     (student,) = [s for s in section["students"] if s["trial_id"] == chosen]
-    rc = cfg.report
-    evals = results.evaluations
-    wer_lo, wer_hi = paired_interval(evals[chosen]["items"], evals["teacher"]["items"], rc.bootstrap, rc.seed)
-    sim_lo, sim_hi = paired_interval(evals[chosen]["items"], evals["teacher"]["items"], rc.bootstrap, rc.seed, "sim")
+    (row,) = [r for r in results.trials if str(r["trial_id"]) == chosen]  # its paired intervals
+    wer_lo, wer_hi, sim_lo, sim_hi = (row[k] for k in DELTA_INTERVALS)
     k = section["key_results"]
     tags = {
         "dropped_layers": student["dropped_layers"],

@@ -27,6 +27,7 @@ from orchestrator.config import Config, ConfigError
 from orchestrator.console import route_chatter
 from orchestrator.distill.budget import optimizer_steps
 from orchestrator.distributed.cluster import ray_cluster
+from orchestrator.evaluate.intervals import DELTA_INTERVALS
 from orchestrator.files import atomic_write_json, durable, in_ray_job, read_json
 from orchestrator.pipeline import stages
 from orchestrator.pipeline.driver import Hooks, StudentsJob, run_pipeline
@@ -34,7 +35,7 @@ from orchestrator.pipeline.preflight import comparable, concurrent_trials, prefl
 from orchestrator.pipeline.stages import Plan, StudentResult, TeacherInfo
 from orchestrator.prune.surgery import label
 from orchestrator.report.page import report_of
-from orchestrator.report.results import read_results
+from orchestrator.report.results import Results, read_results
 from orchestrator.sweep.listening import log_listening, register_chosen, registered_name
 from orchestrator.sweep.space import param_space, trial_plan, trial_space
 from orchestrator.sweep.trial import TRIAL_TAG, SweepPayload, run_trial
@@ -145,6 +146,8 @@ class MlflowHooks(Hooks):
         self.cfg, self.uri, self.base, self.space, self.log = cfg, uri, base, space, log
         self.run: _SweepRun | None = None
         self.teacher_path = ""
+        self.finished: Results | None = None  # the results folder, once written
+        self.runs: dict[str, str] = {}  # "teacher" and each finished trial id -> its MLflow run
 
     def teacher(self, teacher: TeacherInfo) -> None:
         self.run = _parent_run(self.cfg, self.uri, self.base, teacher, self.space)
@@ -159,15 +162,19 @@ class MlflowHooks(Hooks):
 
     def results(self, folder: Path) -> None:
         tracking.log_artifacts(self.uri, self.run.id, folder, "results")
+        self.finished = read_results(folder)
+        self.runs = self._runs(self.finished)
+        for row in self.finished.trials:  # each trial run's paired intervals, beside its wer_delta
+            if str(row["trial_id"]) in self.runs:
+                intervals = {k: row[k] for k in DELTA_INTERVALS}
+                tracking.log_metrics_once(self.uri, self.runs[str(row["trial_id"])], intervals)
 
     def report(self, page: Path) -> None:
         tracking.log_artifacts(self.uri, self.run.id, page.parent, "report")
-        results = read_results(self.base / "results")
-        runs = self._runs(results)
-        log_listening(self.uri, self.run.id, runs, results, self.log)
+        log_listening(self.uri, self.run.id, self.runs, self.finished, self.log)
         name = registered_name(self.cfg, self.teacher_path)
         if name:
-            register_chosen(self.cfg, self.uri, name, runs, self.run.id, page, results, self.log)
+            register_chosen(self.cfg, self.uri, name, self.runs, self.run.id, page, self.finished, self.log)
 
     def _runs(self, results) -> dict[str, str]:
         """ "teacher" and each finished trial id -> its MLflow run."""

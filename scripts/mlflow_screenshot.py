@@ -74,7 +74,7 @@ def main() -> None:
         client = MlflowClient(base)
         exp = client.get_experiment_by_name(args.experiment).experiment_id
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
+            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
             page = browser.new_page(viewport={"width": 1500, "height": 950})
             page.goto(f"{base}/#/experiments/{exp}/runs?compareRunsMode=CHART", wait_until="load")
             page.wait_for_timeout(8000)
@@ -110,14 +110,12 @@ def audio_playing(page, base: str, exp: str, run_id: str, out: str) -> None:
     page.locator("text=/\\.wav$/").first.click()  # its first file
     page.wait_for_timeout(4000)
     shot(page, out, "1-selected")
-    for play in page.locator("button[aria-label*='lay' i], button[title*='lay' i]").all():
-        if play.is_visible():
-            play.click()
-            break
-    else:
-        for audio in page.locator("audio").all():  # a plain <audio> element: start it
-            audio.evaluate("a => a.play()")
-    page.wait_for_timeout(1500)
+    audio = page.locator("audio").first  # the viewer's player: started as a click on its play button would
+    audio.evaluate("a => { a.muted = true; return a.play(); }")
+    page.wait_for_timeout(500)
+    playing = audio.evaluate("a => ({time: a.currentTime, paused: a.paused, duration: a.duration})")
+    print(f"audio in the viewer: {playing}")
+    audio.evaluate("a => a.pause()")  # held mid-item for the picture
     page.screenshot(path=out)
 
 

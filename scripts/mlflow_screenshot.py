@@ -74,7 +74,10 @@ def main() -> None:
         client = MlflowClient(base)
         exp = client.get_experiment_by_name(args.experiment).experiment_id
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
+            browser = p.chromium.launch(
+                executable_path=args.chromium,
+                args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"],
+            )
             page = browser.new_page(viewport={"width": 1500, "height": 950})
             page.goto(f"{base}/#/experiments/{exp}/runs?compareRunsMode=CHART", wait_until="load")
             page.wait_for_timeout(8000)

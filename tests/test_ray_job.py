@@ -117,7 +117,12 @@ def submit_sweep(cluster, env_vars: dict, sets: list[str], timeout: float) -> su
     ]
     for s in sets:
         cmd += ["--set", s]
-    return subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    for _ in range(12):  # a loaded machine: the head's job agent registers after the dashboard answers
+        r = subprocess.run(cmd, env=cluster["env"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        if "No available agent to submit job" not in r.stderr:
+            return r
+        time.sleep(5)  # what Ray's message asks for ("please try again later")
+    return r
 
 
 @pytest.fixture(scope="module")

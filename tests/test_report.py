@@ -231,7 +231,8 @@ def test_the_page_in_a_real_browser(demo):
         # every control is a labelled button reachable with the keyboard (Tab order), Enter presses it
         label = "(b) => b.getAttribute('aria-label') || b.textContent.trim()"
         labels = page.evaluate(f"Array.from(document.querySelectorAll('button')).map({label})")
-        assert all(labels) and len(labels) == 3 + 2 * rows + 7
+        # Play/Pause/Stop All, Play and Stop per row, a sort button per column of the students table
+        assert all(labels) and len(labels) == 3 + 2 * rows + 9
         page.reload()  # Tab from the top of the page
         reached = set()
         for _ in range(800):  # an audio player's own controls take several Tab stops each

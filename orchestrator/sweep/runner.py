@@ -146,7 +146,7 @@ class MlflowHooks(Hooks):
         self.cfg, self.uri, self.base, self.space, self.log = cfg, uri, base, space, log
         self.run: _SweepRun | None = None
         self.teacher_path = ""
-        self.finished: Results | None = None  # the results folder, once written
+        self.written: Results | None = None  # the results folder, once written
         self.runs: dict[str, str] = {}  # "teacher" and each finished trial id -> its MLflow run
 
     def teacher(self, teacher: TeacherInfo) -> None:
@@ -162,19 +162,19 @@ class MlflowHooks(Hooks):
 
     def results(self, folder: Path) -> None:
         tracking.log_artifacts(self.uri, self.run.id, folder, "results")
-        self.finished = read_results(folder)
-        self.runs = self._runs(self.finished)
-        for row in self.finished.trials:  # each trial run's paired intervals, beside its wer_delta
+        self.written = read_results(folder)
+        self.runs = self._runs(self.written)
+        for row in self.written.trials:  # each trial run's paired intervals, beside its wer_delta
             if str(row["trial_id"]) in self.runs:
                 intervals = {k: row[k] for k in DELTA_INTERVALS}
                 tracking.log_metrics_once(self.uri, self.runs[str(row["trial_id"])], intervals)
 
     def report(self, page: Path) -> None:
         tracking.log_artifacts(self.uri, self.run.id, page.parent, "report")
-        log_listening(self.uri, self.run.id, self.runs, self.finished, self.log)
+        log_listening(self.uri, self.run.id, self.runs, self.written, self.log)
         name = registered_name(self.cfg, self.teacher_path)
         if name:
-            register_chosen(self.cfg, self.uri, name, self.runs, self.run.id, page, self.finished, self.log)
+            register_chosen(self.cfg, self.uri, name, self.runs, self.run.id, page, self.written, self.log)
 
     def _runs(self, results) -> dict[str, str]:
         """ "teacher" and each finished trial id -> its MLflow run."""

@@ -269,3 +269,15 @@ def test_trial_progress_estimates_time_left_from_this_sessions_pace(monkeypatch,
     first, second = capsys.readouterr().out.splitlines()
     assert first.strip() == "trial t1 step 320/720 loss 0.500"  # no pace yet: not from the checkpoint's step
     assert second.strip() == "trial t1 step 340/720 loss 0.400, about 19.0 min of training left"  # 380 x 3 s
+
+
+def test_the_console_table_shows_dwer_with_its_paired_interval_in_aligned_columns():
+    from orchestrator.pipeline.stages import format_trials
+
+    row = {"dropped_layers": "2-3", "scorer": "wli", "strategy": "lowest", "n_layers": 6, "status": "ok"}
+    row.update(wer=2.77, wer_delta=1.24, wer_delta_ci_low=0.52, wer_delta_ci_high=2.04, pruned_wer=21.36)
+    row.update(sim=0.917, speedup=1.35)
+    lines = format_trials([row], {"n_layers": 8, "wer": 1.52, "sim": 0.921}).splitlines()
+    assert "+1.24 [ +0.52,  +2.04]" in lines[3]
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+    assert [i for i, c in enumerate(lines[0]) if c == "|"] == [i for i, c in enumerate(lines[3]) if c == "|"]

@@ -495,14 +495,14 @@ def sort_rows(rows: list[dict]) -> list[dict]:
 def format_trials(rows: list[dict], baseline: dict) -> str:
     """The console's table; dWER with its paired 95% interval (the same items, resampled)."""
     head = (
-        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER [paired 95%]      "
+        "| student (dropped layers) | scorer / strategy  | depth | WER %  | dWER [paired 95%]       "
         "| pruned only | SIM   | speed-up |"
     )
     lines = [
         head,
         "".join("|" if c == "|" else "-" for c in head),
         f"| teacher                  | -                  | {baseline['n_layers']:>5} | {baseline['wer']:6.2f} "
-        f"|   0.00                 |           - | {baseline['sim']:.3f} |    1.00x |",
+        f"|   0.00                  |           - | {baseline['sim']:.3f} |    1.00x |",
     ]
     for r in rows:
         who = f"| {r['dropped_layers']:<24} | {r['scorer'] + ' / ' + r['strategy']:<18} | {r['n_layers']:>5} "

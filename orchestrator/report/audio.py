@@ -64,6 +64,7 @@ def run_audio(results: Results, systems: list[str], out: Path) -> dict[str, dict
     names = audio_items(results, systems, cfg.report.n_items, cfg.report.seed)
     listen, test, _ = listener(cfg)
     index = {name: i for i, name in enumerate(item_names(test))}
+    evaluated = {s: {it["name"]: it for it in results.evaluations[s]["items"]} for s in systems}
     files: dict[str, dict[str, Path]] = {}
 
     def keep(system: str, name: str, made: Path | None) -> None:
@@ -79,9 +80,8 @@ def run_audio(results: Results, systems: list[str], out: Path) -> dict[str, dict
             truth = write_audio(listen, out / "ground_truth" / f"{stem}.wav", it.target_audio, it.target_codes, "")
             keep("ground_truth", name, truth)
         for system in systems:
-            (item,) = [x for x in results.evaluations[system]["items"] if x["name"] == name]
-            prompt = it.prompt_audio if it else ""
-            keep(system, name, write_audio(listen, out / system / f"{stem}.wav", "", item["codes"], prompt))
+            codes, prompt = evaluated[system][name]["codes"], it.prompt_audio if it else ""
+            keep(system, name, write_audio(listen, out / system / f"{stem}.wav", "", codes, prompt))
     return files
 
 

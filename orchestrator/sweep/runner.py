@@ -177,7 +177,7 @@ class MlflowHooks(Hooks):
             register_chosen(self.cfg, self.uri, name, self.runs, self.run.id, page, self.written, self.log)
 
     def _runs(self, results) -> dict[str, str]:
-        """ "teacher" and each finished trial id -> its MLflow run."""
+        """The MLflow run of the teacher ("teacher") and of each finished trial (its id)."""
         exp, uri = self.run.experiment, self.uri
         runs = {"teacher": tracking.find_run(uri, exp, {**self.run.tags, tracking.ROLE: "baseline"})}
         for r in results.trials:

@@ -172,6 +172,12 @@ class DistillConfig(Section):
     )
     on_policy: float = Field(0.5, ge=0, le=1, description="share of steps on the student's own continuations")
     rollout_temperature: float = Field(1.0, gt=0, description="sampling temperature of those continuations")
+    extra_texts: int = Field(
+        0,
+        ge=0,
+        description="texts (transcripts only, no speech) of training pairs beyond the budget: on on-policy steps "
+        "the student speaks them in the budgeted prompts' voices and the teacher grades it (0: the pairs' own texts)",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     teacher_cache: bool = Field(
         False,

@@ -183,3 +183,78 @@ def test_on_policy_rollouts_continue_the_prompt_and_keep_speech_labels(tiny_worl
     assert [is_on_policy_step(s, 0.5) for s in range(6)] == [False, True, False, True, False, True]
     assert sum(is_on_policy_step(s, 0.25) for s in range(100)) == 25
     assert not any(is_on_policy_step(s, 0.0) for s in range(10))
+
+
+def test_extra_texts_are_the_transcripts_after_the_budget_and_bounded(tiny_cfg, tiny_world):
+    from orchestrator.config import ConfigError
+    from orchestrator.distill.budget import extra_texts, plan_budget
+
+    teacher_tokens = sum(len(tiny_world.family.training_ids(*tiny_world.train_pairs[i])[0]) for i in range(64))
+    cfg = tiny_cfg.model_copy(
+        update={"distill": DistillConfig(data_fraction=0.25, batch_size=4, extra_texts=10, seed=0)}
+    )
+    b = plan_budget(cfg, tiny_world, teacher_tokens)
+    texts = extra_texts(tiny_world, b)
+    assert b.extra_texts == 10 and len(texts) == 10
+    assert texts == [tiny_world.train_pairs[i][1].text for i in range(b.pairs, b.pairs + 10)]
+    assert b.unique_tokens == plan_budget(tiny_cfg.model_copy(update={"distill": DistillConfig(
+        data_fraction=0.25, batch_size=4)}), tiny_world, teacher_tokens).unique_tokens  # fmt: skip
+    too_many = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"extra_texts": 64})})
+    with pytest.raises(ConfigError, match=r"distill.extra_texts=64: .* 64 training pairs .* at most \d+ texts"):
+        plan_budget(too_many, tiny_world, teacher_tokens)
+
+
+def test_batches_ask_for_the_new_texts_in_the_pairs_own_voices(tiny_world):
+    from orchestrator.distill.data import batches, text_prompts
+
+    f = tiny_world.family
+    pairs = [tiny_world.train_pairs[i] for i in range(8)]
+    texts = [tiny_world.train_pairs[i][1].text for i in range(8, 13)]  # 5 texts for 8 pairs
+    stream = list(batches(f, pairs, 4, epochs=2, seed=3, texts=texts))
+    plain = list(batches(f, pairs, 4, epochs=2, seed=3))
+    seen = []
+    for epoch, (b, p) in enumerate(zip(stream, plain)):
+        for k in p:  # the training rows themselves are what they were
+            assert torch.equal(b[k], p[k])
+        asked = text_prompts(b)
+        for row, i in enumerate(b["index"].tolist()):
+            prompt, target = pairs[i]
+            text = texts[((epoch // 2) * len(pairs) + i) % len(texts)]  # two batches an epoch
+            seen.append(text)
+            n = int(asked["prompt_len"][row])
+            assert asked["input_ids"][row, :n].tolist() == f.prompt_ids(prompt.text, text, prompt.codes)
+            assert (asked["attention_mask"][row, n:] == 0).all()
+            # the prompt's own speech is labelled as in training, the text is not
+            codes = len(prompt.codes)
+            assert asked["labels"][row, n - codes : n].tolist() == asked["input_ids"][row, n - codes : n].tolist()
+            assert (asked["labels"][row, : n - codes] == -100).all()
+            expect = int(asked["expect_len"][row])
+            assert expect == -(-len(target.codes) * len(text) // len(target.text))
+    assert set(seen) == set(texts)  # every text used, another one for a pair in the next epoch
+
+
+def test_on_policy_steps_speak_the_new_texts(tiny_world, random_teacher, monkeypatch):
+    from orchestrator.distill import data
+    from orchestrator.distill.data import batches
+
+    f = tiny_world.family
+    pairs = [tiny_world.train_pairs[i] for i in range(4)]
+    texts = [tiny_world.train_pairs[i][1].text for i in range(4, 8)]
+    batch = next(batches(f, pairs, 4, texts=texts))
+    spoken = []
+    real = data.student_rollouts
+
+    def spy(model, b, *args):
+        spoken.append(b)
+        return real(model, b, *args)
+
+    monkeypatch.setattr(data, "student_rollouts", spy)
+    student = drop_layers(random_teacher, drop=[1]).train()
+    spec = loss_spec(DistillConfig(on_policy=1.0), f.speech_ids, [0, 2, 3], 4, f.pad_id, f.end_id)
+    state = make_state(student, lr=1e-3, warmup=1, total_steps=2)
+    torch.manual_seed(0)
+    out = train_step(state, [batch], spec, random_teacher)
+    assert out["on_policy"] == 1.0 and out["kl"] > 0
+    (asked,) = spoken
+    assert torch.equal(asked["input_ids"], batch["text_input_ids"])
+    assert not torch.equal(asked["input_ids"][:, : batch["input_ids"].shape[1]], batch["input_ids"])

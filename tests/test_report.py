@@ -79,6 +79,7 @@ def test_the_page_holds_the_runs_measured_values(demo):
     assert (
         k["data_share"] == pytest.approx(budget["unique_tokens"] / budget["teacher_tokens"]) and 0 < k["data_share"] < 1
     )
+    assert k["extra_texts"] == budget["extra_texts"]
 
     # the audio table: 6 seeded test items, every column an audible 16 kHz file
     audio = section["audio"]

@@ -22,6 +22,7 @@ class DataBudget:
     unique_tokens: int
     epochs: int
     hours: float  # speech in those pairs (prompt and target), at the codec's token rate
+    extra_texts: int = 0  # transcripts (no speech) of the pairs after those, for the on-policy steps
 
     @property
     def tokens(self) -> int:
@@ -80,7 +81,18 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
             "not one step to train; lower distill.grad_accum or distill.batch_size, or raise distill.epochs "
             "or the budget (distill.data_fraction / distill.data_hours)"
         )
-    return DataBudget(allowed, n, sum(lengths[:n]), d.epochs, sum(speech[:n]) / rate / 3600)
+    if n + d.extra_texts > len(world.train_pairs):
+        raise ConfigError(
+            f"distill.extra_texts={d.extra_texts}: the {world.name} world has {len(world.train_pairs)} training pairs "
+            f"and the budget takes {n}, so at most {len(world.train_pairs) - n} texts are left; lower it"
+        )
+    return DataBudget(allowed, n, sum(lengths[:n]), d.epochs, sum(speech[:n]) / rate / 3600, d.extra_texts)
+
+
+def extra_texts(world: World, budget: DataBudget) -> list[str]:
+    """The target texts of the `budget.extra_texts` training pairs after the budgeted ones: text
+    is not speech data (the teacher can voice any sentence), so these cost no recordings."""
+    return [world.train_pairs[i][1].text for i in range(budget.pairs, budget.pairs + budget.extra_texts)]
 
 
 def budget_record(budget: DataBudget, teacher_tokens: int | None) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -12,12 +13,32 @@ from orchestrator.generation.sampling import Sampler
 from orchestrator.world import Family, Sample
 
 
-def collate(family: Family, pairs: Sequence[tuple[Sample, Sample]]) -> dict[str, torch.Tensor]:
+def collate(
+    family: Family, pairs: Sequence[tuple[Sample, Sample]], texts: Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    """`texts`: one new target text per pair, for on-policy rollouts (`text_*` keys: each pair's
+    prompt asking for its new text, and the speech length expected at the pair's rate)."""
     rows = [family.training_ids(p, t) for p, t in pairs]
     batch = right_pad(rows, family.pad_id)
     # where the prompt ends (what a model is given at synthesis time), for on-policy rollouts
     batch["prompt_len"] = torch.tensor([len(family.prompt_ids(p.text, t.text, p.codes)) for p, t in pairs])
+    if texts:
+        # a target without speech is the prompt and the end token: the prompt's ids and labels
+        asks = [family.training_ids(p, Sample(text, t.speaker, ())) for (p, t), text in zip(pairs, texts)]
+        asked = right_pad([(ids[:-1], labels[:-1]) for ids, labels in asks], family.pad_id)
+        batch.update({f"text_{k}": v for k, v in asked.items()})
+        batch["text_prompt_len"] = asked["attention_mask"].sum(1)
+        # the new text at the pair's own speaking rate (codes per character)
+        batch["text_expect_len"] = torch.tensor(
+            [math.ceil(len(t.codes) * len(text) / max(len(t.text), 1)) for (_, t), text in zip(pairs, texts)]
+        )
     return batch
+
+
+def text_prompts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's prompts asking for its new texts (what `collate` made of `texts`)."""
+    keys = ("input_ids", "attention_mask", "labels", "prompt_len", "expect_len")
+    return {k: batch[f"text_{k}"] for k in keys}
 
 
 @torch.no_grad()
@@ -38,7 +59,8 @@ def student_rollouts(
     model.eval()
     lengths = batch["attention_mask"].sum(1)
     prompts = [batch["input_ids"][i, : batch["prompt_len"][i]].tolist() for i in range(len(lengths))]
-    max_new = int((lengths - batch["prompt_len"]).max() * 1.5) + 4  # room for a slower voice, not unbounded
+    expect = batch.get("expect_len", lengths - batch["prompt_len"])  # a new text: its expected length
+    max_new = int(expect.max() * 1.5) + 4  # room for a slower voice, not unbounded
     stops = tuple(stop_ids) or (end_id,)
     head = tuple(sorted({*map(int, speech_ids.tolist()), *stops})) if speech_ids is not None else None
     # plain sampling over the speech vocabulary, whatever the family's evaluation sampler
@@ -62,14 +84,18 @@ def batches(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    texts: Sequence[str] = (),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Shuffled batches over `epochs`; with world_size > 1 each rank takes its own share.
-    `index` holds each row's position in `pairs` (the key of the teacher-output cache)."""
+    `index` holds each row's position in `pairs` (the key of the teacher-output cache).
+    `texts`: new target texts for the on-policy steps, pair i taking text (epoch x pairs + i)
+    mod their number: another text each epoch while they last."""
     g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(pairs), generator=g).tolist()[rank::world_size]
         for start in range(0, len(order) - batch_size + 1, batch_size):
             chosen = order[start : start + batch_size]
-            batch = collate(family, [pairs[i] for i in chosen])
+            new = [texts[(epoch * len(pairs) + i) % len(texts)] for i in chosen] if texts else ()
+            batch = collate(family, [pairs[i] for i in chosen], new)
             batch["index"] = torch.tensor(chosen)
             yield batch

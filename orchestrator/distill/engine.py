@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 
 from orchestrator.anatomy import decoder_layers
 from orchestrator.config import Config
-from orchestrator.distill.budget import DataBudget, budget_record, check_batch_split, optimizer_steps, plan_budget
+from orchestrator.distill.budget import (
+    DataBudget,
+    budget_record,
+    check_batch_split,
+    extra_texts,
+    optimizer_steps,
+    plan_budget,
+)
 from orchestrator.distill.data import batches
 from orchestrator.distill.loop import (
     LossSpec,
@@ -45,6 +52,7 @@ class DistillRun:
     budget: DataBudget
     pairs: list
     steps: int
+    texts: list[str] = dataclasses.field(default_factory=list)  # new texts for the on-policy steps
 
 
 def prepare_distill(
@@ -77,7 +85,8 @@ def prepare_distill(
         student = wrap(student)
     steps = optimizer_steps(budget.pairs, d)
     state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive, ema=d.ema)
-    return DistillRun(state, spec, budget, [world.train_pairs[i] for i in range(budget.pairs)], steps)
+    pairs = [world.train_pairs[i] for i in range(budget.pairs)]
+    return DistillRun(state, spec, budget, pairs, steps, extra_texts(world, budget))
 
 
 def training_steps(
@@ -94,6 +103,7 @@ def training_steps(
         seed=d.seed,
         rank=rank,
         world_size=world_size,
+        texts=run.texts,
     )
     for _ in range(run.state.step * d.grad_accum):  # skip what a resumed run already trained on
         next(stream)

@@ -321,7 +321,13 @@ def _accumulate(
     if on_policy:  # every rollout before any count: they change the step's token counts
         micro_batches = [
             data.student_rollouts(
-                model, b, spec.pad_id, spec.end_id, spec.rollout_temperature, spec.speech_ids, spec.stop_ids
+                model,
+                data.text_prompts(b) if "text_input_ids" in b else b,  # new texts, where the run has them
+                spec.pad_id,
+                spec.end_id,
+                spec.rollout_temperature,
+                spec.speech_ids,
+                spec.stop_ids,
             )
             for b in micro_batches
         ]

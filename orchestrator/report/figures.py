@@ -31,14 +31,20 @@ def importance_profile(scores: dict, path: Path) -> Path:
 
 
 def wer_against_depth(students: list[dict], teacher: dict, front: list[str], chosen: str, path: Path) -> Path:
-    """WER (with its 95% interval) against depth: the teacher, every student, the Pareto front.
-    `students`: {trial_id, label, n_layers, wer, wer_ci}; `front`: trial ids on the front."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Left: WER (each model's 95% interval) against depth: the teacher, every student, the Pareto
+    front. Right: each student's dWER with its paired 95% interval (same items, same seeds as the
+    teacher's), the figure that says whether a student is worse. `students`: {trial_id, label,
+    n_layers, wer, wer_ci, wer_delta, wer_delta_ci_low, wer_delta_ci_high}; `front`: trial ids."""
+    fig, (ax, dax) = plt.subplots(1, 2, figsize=(11, 4.5))
     for s in students:
         lo, hi = s["wer_ci"]
         color = CHOSEN if s["trial_id"] == chosen else OTHER
         ax.errorbar(s["n_layers"], s["wer"], yerr=[[s["wer"] - lo], [hi - s["wer"]]], fmt="o", color=color, capsize=3)
         ax.annotate(s["label"], (s["n_layers"], s["wer"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        d, dlo, dhi = s["wer_delta"], s["wer_delta_ci_low"], s["wer_delta_ci_high"]
+        dax.errorbar(s["n_layers"], d, yerr=[[d - dlo], [dhi - d]], fmt="o", color=color, capsize=3)
+        dax.annotate(f"{s['label']}  {d:+.2f} [{dlo:+.2f}, {dhi:+.2f}]", (s["n_layers"], d),
+                     textcoords="offset points", xytext=(5, 4), fontsize=7)  # fmt: skip
     on_front = sorted((s for s in students if s["trial_id"] in front), key=lambda s: s["n_layers"])
     ax.plot([s["n_layers"] for s in on_front], [s["wer"] for s in on_front], "-", color=CHOSEN, label="Pareto front")
     lo, hi = teacher["wer_ci"]
@@ -56,6 +62,12 @@ def wer_against_depth(students: list[dict], teacher: dict, front: list[str], cho
     ax.set_ylabel("WER (%), 95% interval")
     ax.set_title("Quality against depth")
     ax.legend()
+    dax.axhline(0, color=TEACHER, linewidth=1, label="teacher (dWER 0)")
+    dax.set_xlim(ax.get_xlim())  # the same depth axis as the left panel
+    dax.set_xlabel("decoder layers")
+    dax.set_ylabel("dWER (points), paired 95% interval")
+    dax.set_title("Student minus teacher, same items and seeds")
+    dax.legend()
     fig.tight_layout()
     return _save(fig, path)
 

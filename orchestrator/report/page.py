@@ -47,6 +47,7 @@ def key_results(teacher: dict, student: dict, budget: dict) -> dict:
         "peak_memory_reduction": 1 - student["peak_mem_mb"] / teacher["peak_mem_mb"],
         "speedup": student["speedup"],
         "data_share": budget["unique_tokens"] / budget["teacher_tokens"] if budget.get("teacher_tokens") else None,
+        "extra_texts": budget.get("extra_texts", 0),  # transcripts without speech, for the on-policy steps
         "teacher_wer": teacher["wer"],
         "teacher_wer_ci": teacher["wer_ci"],
         "student_wer": student["wer"],
@@ -150,7 +151,7 @@ def _section(results: Results, key: str, out: Path, log) -> dict:
     figs.append(
         (
             "tradeoff",
-            "WER against depth (95% intervals)",
+            "WER and paired dWER against depth (95% intervals)",
             figures.wer_against_depth(students, teacher, front, chosen["trial_id"], images / "tradeoff.png"),
         )
     )

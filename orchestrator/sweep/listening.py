@@ -88,6 +88,8 @@ def register_chosen(
     }
     teacher_layers = int(section["teacher"]["n_layers"])
     share = f"{k['data_share']:.1%} of the teacher's training tokens" if k.get("data_share") else "its data budget"
+    if k.get("extra_texts"):
+        share += f" and {k['extra_texts']} texts without speech"
     description = (
         f"Student of {section['system']}: {int(student['n_layers'])} of {teacher_layers} decoder layers kept "
         f"(dropped {student['dropped_layers']}), distilled on {share}, chosen by sweep {cfg.sweep.name} "

@@ -5,7 +5,9 @@ with paired 95% intervals (how issue 19's levers are judged; the test list is ne
 
 Each variant is a space-separated list of config overrides on top of configs/mini.yaml with
 prune.ratio=0.5. The removed layers are the default plan's (prune.scorer=best, computed once and
-kept under --state). Training seeds and the evaluation seed are drawn afresh unless given, so a
+kept under --state); `steps=N` in a variant removes them in N steps (least important first, a
+distillation after each, each step cut from the last one's student: `surgery.graft`).
+Training seeds and the evaluation seed are drawn afresh unless given, so a
 recipe cannot be tuned to one draw; they are printed and written with the figures (--out).
 """
 
@@ -25,6 +27,7 @@ from orchestrator.distill.engine import distill
 from orchestrator.evaluate.intervals import paired_interval, per_item
 from orchestrator.evaluate.synthesis import evaluate_model
 from orchestrator.pipeline import stages
+from orchestrator.prune.surgery import graft
 
 
 def main() -> None:
@@ -44,7 +47,9 @@ def main() -> None:
 
     base = load_config("configs/mini.yaml", [*args.base.split(), f"evaluate.seed={eval_seed}"])
     teacher_info = stages.teacher_stage(base, progress=False)
-    drop = stages.plans_stage(base, teacher_info, stages.LocalExecutor(), state / "state")[0].drop
+    plan = stages.plans_stage(base, teacher_info, stages.LocalExecutor(), state / "state")[0]
+    drop, importance = plan.drop, plan.scores["scores"]
+    by_importance = sorted(drop, key=lambda i: importance[i])  # least important first
     world, teacher = stages.world_and_teacher(base, teacher_info)
     dev = world.dev_items[: base.evaluate.n_items]
     t_ev = evaluate_model(teacher, world, dev, base.evaluate)
@@ -53,14 +58,22 @@ def main() -> None:
     runs = []
     for v in variants:
         students = []
+        n_steps = int(next((w.split("=")[1] for w in v.split() if w.startswith("steps=")), 1))
+        overrides = [w for w in v.split() if not w.startswith("steps=")]
         for seed in seeds:
             cfg = load_config(
                 "configs/mini.yaml",
-                [*args.base.split(), *v.split(), f"distill.seed={seed}", f"evaluate.seed={eval_seed}"],
+                [*args.base.split(), *overrides, f"distill.seed={seed}", f"evaluate.seed={eval_seed}"],
             )
             start = time.time()
-            with tempfile.TemporaryDirectory() as out:
-                student, budget = distill(cfg, world, teacher, teacher_info.train_tokens, drop, out, progress=False)
+            student = None
+            for k in range(1, n_steps + 1):  # one step: the whole plan at once
+                cut = sorted(by_importance[: round(len(drop) * k / n_steps)])
+                frame = graft(teacher, student) if student is not None else None
+                with tempfile.TemporaryDirectory() as out:
+                    student, budget = distill(
+                        cfg, world, teacher, teacher_info.train_tokens, cut, out, progress=False, start=frame
+                    )
             ev = evaluate_model(student, world, dev, cfg.evaluate)
             lo, hi = paired_interval(ev.items, t_ev.items, 2000, 0)
             delta = 100 * (ev.wer - t_ev.wer)

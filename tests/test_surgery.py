@@ -109,3 +109,32 @@ def test_layers_removed_restores_the_model(tiny_model):
 def test_bad_layer_sets_are_refused(keep, drop, message):
     with pytest.raises(LayerSetError, match=message):
         resolve_keep(6, keep=keep, drop=drop)
+
+
+def test_a_grafted_student_cut_again_keeps_its_trained_weights(tiny_model):
+    """Pruning in steps: a student cut from the graft of a shallower-cut student has that
+    student's weights (layers and the rest), not the teacher's; the teacher is untouched."""
+    from orchestrator.prune.surgery import graft
+
+    teacher_before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    first = drop_layers(tiny_model, drop=[1])  # teacher layers 0, 2, 3, 4, 5
+    with torch.no_grad():
+        for p in first.parameters():
+            p.add_(torch.randn_like(p))  # "distilled": every weight moved
+    grafted = graft(tiny_model, first)
+    second = drop_layers(grafted, drop=[1, 3])  # teacher layers 0, 2, 4, 5
+    assert kept_layers(second) == [0, 2, 4, 5]
+    for j, i in enumerate([0, 2, 4, 5]):  # layer i of the second student is layer i of the first
+        mine, theirs = (
+            decoder_layers(second)[j].state_dict(),
+            decoder_layers(first)[[0, 2, 3, 4, 5].index(i)].state_dict(),
+        )
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        assert torch.equal(second.state_dict()[name], first.state_dict()[name])
+    assert all(torch.equal(v, teacher_before[k]) for k, v in tiny_model.state_dict().items())
+    # the dropped teacher layer 1 keeps the teacher's weights in the graft (nothing of the student's there)
+    assert all(
+        torch.equal(decoder_layers(grafted)[1].state_dict()[k], v)
+        for k, v in decoder_layers(tiny_model)[1].state_dict().items()
+    )

@@ -63,10 +63,13 @@ def prepare_distill(
     drop: Sequence[int],
     world_size: int = 1,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    start: nn.Module | None = None,
 ) -> DistillRun:
     """The student (teacher minus `drop`), optimizer and data, for one process or for each of
     `world_size` data-parallel workers (`wrap`: e.g. Ray Train's `prepare_model`, for DDP).
-    The global batch is `distill.batch_size` whatever the number of workers."""
+    The global batch is `distill.batch_size` whatever the number of workers. `start`: a
+    teacher-shaped model to cut the student from instead of the teacher (`surgery.graft` of an
+    earlier, shallower-cut student: pruning in steps)."""
     d = cfg.distill
     check_batch_split(d.batch_size, world_size)
     n_teacher = len(decoder_layers(teacher))
@@ -78,7 +81,7 @@ def prepare_distill(
         teacher.set_attn_implementation("eager")
     # fp32 weights for the optimizer (a bf16 teacher's copy would round small updates away);
     # autocast still computes in bf16 on a GPU
-    student = drop_layers(teacher, drop=drop).float()
+    student = drop_layers(start if start is not None else teacher, drop=drop).float()
     for p in student.parameters():
         p.requires_grad_(True)
     if wrap is not None:
@@ -129,6 +132,7 @@ def distill(
     progress: bool = True,
     fingerprint: dict | None = None,
     source=None,
+    start: nn.Module | None = None,
 ) -> tuple[nn.Module, DataBudget]:
     """Student with `drop` removed, distilled from `teacher` in this process; saved under out_dir/student.
 
@@ -136,9 +140,10 @@ def distill(
     is loaded back, never trained again or overwritten; a stopped run resumes from
     out_dir/checkpoint.pt (the same steps, data and random draws as an uninterrupted run), and
     out_dir/history.csv holds every step once. `source`: a `TeacherCache` in front of `teacher`.
+    `start`: what the student is cut from, if not the teacher (`prepare_distill`).
     """
     fingerprint = fingerprint or {}
-    run = prepare_distill(cfg, world, teacher, teacher_tokens, drop)
+    run = prepare_distill(cfg, world, teacher, teacher_tokens, drop, start=start)
     out = Path(out_dir)
     done = out / "done.json"
     finished = read_fingerprinted(

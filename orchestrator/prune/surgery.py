@@ -13,6 +13,7 @@ import contextlib
 import copy
 from collections.abc import Iterable, Iterator, Sequence
 
+import torch
 from torch import nn
 
 from orchestrator.anatomy import decoder_layers, text_config
@@ -48,6 +49,25 @@ def drop_layers(model: nn.Module, keep: Sequence[int] | None = None, drop: Seque
     student = copy.deepcopy(model)
     _keep_in_place(student, kept)
     return student
+
+
+def graft(frame: nn.Module, student: nn.Module) -> nn.Module:
+    """A copy of `frame` (the teacher) carrying `student`'s weights: its layers at the teacher
+    positions they were cut from (`config.prun_tts`), and its embeddings, norm and head. Cutting
+    more layers from the graft (`drop_layers`, teacher indices) starts the next step of pruning in
+    steps from the distilled student, not from the teacher's weights."""
+    kept = text_config(student).prun_tts["kept_layers"]
+    grafted = copy.deepcopy(frame)
+    layers, theirs = decoder_layers(grafted), decoder_layers(student)
+    for i, layer in zip(kept, theirs):
+        layers[i].load_state_dict(layer.state_dict())
+    in_layers = {id(p) for p in layers.parameters()}
+    own = dict(student.named_parameters())
+    with torch.no_grad():
+        for name, p in grafted.named_parameters():
+            if id(p) not in in_layers:
+                p.copy_(own[name])
+    return grafted
 
 
 @contextlib.contextmanager

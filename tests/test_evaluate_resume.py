@@ -185,3 +185,33 @@ def test_sharded_evaluation_uses_the_same_names_and_checks(tiny_cfg, tiny_world,
 
     Path(f"{shards[1]}.key").unlink()  # refused before any Ray task starts, naming the file
     assert main([*argv, "--shards", "2"]) == 2 and f"{shards[1]} has no key file" in capsys.readouterr().err
+
+
+def test_workers_parts_of_an_evaluation_are_one_workers_rows(tiny_cfg, tiny_world, random_teacher):
+    """Each data-parallel worker synthesizes batches i, i+n, ...; put together they are the rows
+    one process makes, item for item (each batch keeps its seed), and so is the student's metrics."""
+    from orchestrator.evaluate.synthesis import evaluation_rows, in_list_order
+    from orchestrator.pipeline.stages import evaluate_student
+
+    cfg = tiny_cfg.evaluate.model_copy(update={"batch_size": 3, "passes": 2, "max_new_tokens": 12})
+    items = tiny_world.test_items[:7]  # 14 rows in 5 batches: parts of 3 and 2 batches
+    whole = evaluation_rows(random_teacher, tiny_world, items, cfg)
+    parts = [evaluation_rows(random_teacher, tiny_world, items, cfg, part=(i, 2)) for i in range(2)]
+    assert [len(p) for p in parts] == [8, 6]
+    assert not {r["name"] for r in parts[0]} & {r["name"] for r in parts[1]}
+    assert scores(in_list_order(parts[1] + parts[0], items, 2)) == scores(whole)
+    assert len({r["hypothesis"] for r in whole}) > 1  # the rows differ from each other: the order is checked
+
+    full = tiny_cfg.model_copy(update={"evaluate": cfg.model_copy(update={"n_items": 7})})
+    baseline = {"wer": 1.0, "sim": 0.5}
+    one, one_items = evaluate_student(full, tiny_world, random_teacher, random_teacher, baseline)
+    gathered = []  # a stand-in for the gather: worker 1's part, then what rank 0 receives
+    assert evaluate_student(full, tiny_world, random_teacher, random_teacher, baseline, (1, 2),
+                            lambda rows: gathered.extend(rows)) == (None, None)  # fmt: skip
+    two, two_items = evaluate_student(
+        full, tiny_world, random_teacher, random_teacher, baseline, (0, 2), lambda rows: rows + gathered
+    )
+    assert scores(two_items) == scores(one_items)
+    assert {k: two[k] for k in ("wer", "sim", "wer_delta", "n_layers")} == {
+        k: one[k] for k in ("wer", "sim", "wer_delta", "n_layers")
+    }

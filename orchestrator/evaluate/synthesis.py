@@ -86,14 +86,44 @@ def evaluate_model(
     `results`: a JSONL file that receives each batch's rows as soon as they are scored; a
     run started again with the same file skips the batches it already holds.
     """
+    rows = evaluation_rows(model, world, items, cfg, progress=progress, results=results)
+    return summarize(rows, len(decoder_layers(model)), count_parameters(model), world.codec.token_rate)
+
+
+def with_passes(items: Sequence[EvalItem], passes: int) -> list[EvalItem]:
+    """The list as evaluated: pass p is the same items under later seeds, named item#p."""
+    if passes == 1:
+        return list(items)
+    return [dataclasses.replace(it, name=f"{it.name}#{p}") for p in range(passes) for it in items]
+
+
+def in_list_order(rows: Sequence[dict], items: Sequence[EvalItem], passes: int) -> list[dict]:
+    """Rows of several parts (`evaluation_rows(part=...)`) in the order one process makes them."""
+    position = {it.name: i for i, it in enumerate(with_passes(items, passes))}
+    return sorted(rows, key=lambda r: position[r["name"]])
+
+
+def evaluation_rows(
+    model: nn.Module,
+    world: World,
+    items: Sequence[EvalItem],
+    cfg: EvalConfig,
+    part: tuple[int, int] = (0, 1),
+    progress: bool = False,
+    results: str | Path | None = None,
+) -> list[dict]:
+    """`evaluate_model`'s per-item rows. `part=(i, n)`: only batches i, i+n, i+2n, ... of the
+    list, each drawn with the seed it has in the whole list, so n workers' parts together are
+    one worker's rows, item for item (`in_list_order`)."""
     device = next(model.parameters()).device
-    if cfg.passes > 1:  # pass p: the same items under later seeds, named item#p
-        items = [dataclasses.replace(it, name=f"{it.name}#{p}") for p in range(cfg.passes) for it in items]
+    items = with_passes(items, cfg.passes)
     path = Path(results) if results else None
     done = read_results(path) if path else {}
     rows: list[dict] = []
     starts = range(0, len(items), cfg.batch_size)
     for b, start in enumerate(tqdm(starts, desc="evaluate", disable=not progress, leave=False)):
+        if b % part[1] != part[0]:  # another worker's batch
+            continue
         chunk = items[start : start + cfg.batch_size]
         if all(it.name in done for it in chunk):
             rows += [done[it.name] for it in chunk]
@@ -130,7 +160,7 @@ def evaluate_model(
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)
-    return summarize(rows, len(decoder_layers(model)), count_parameters(model), world.codec.token_rate)
+    return rows
 
 
 def summarize(rows: Sequence[dict], n_layers: int, params: int, token_rate: float) -> Evaluation:

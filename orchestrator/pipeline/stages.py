@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.anatomy import count_parameters, decoder_layers
 from orchestrator.builders import (
     build_world,
     pick_device,
@@ -32,7 +33,7 @@ from orchestrator.distill.budget import plan_budget
 from orchestrator.distill.loop import loss_spec
 from orchestrator.distill.teacher_cache import build_teacher_cache
 from orchestrator.evaluate.intervals import DELTA_INTERVALS
-from orchestrator.evaluate.synthesis import evaluate_model, speedup
+from orchestrator.evaluate.synthesis import evaluate_model, evaluation_rows, in_list_order, speedup, summarize
 from orchestrator.files import digest, file_digest
 from orchestrator.pipeline.state import cached_stage, load_state, save_state
 from orchestrator.prune.importance import LayerScores, wer_without, wli_from_wers
@@ -405,10 +406,19 @@ def student_dir(root: Path, drop: Sequence[int], fingerprint: dict) -> Path:
     return root / f"drop-{label(drop)}-{digest(fingerprint, 8)}"
 
 
-def evaluate_student(cfg: Config, world, teacher_model, student, baseline: dict) -> tuple[dict, list[dict]]:
-    """A student's metrics against the teacher's baseline (test list; speed-up measured here)."""
+def evaluate_student(
+    cfg: Config, world, teacher_model, student, baseline: dict, part: tuple[int, int] = (0, 1), gather=None
+) -> tuple[dict, list[dict]] | tuple[None, None]:
+    """A student's metrics against the teacher's baseline (test list; speed-up measured here).
+    Data-parallel workers each evaluate their `part` of the batches; `gather` brings every
+    part's rows to one worker (None elsewhere: that worker returns (None, None))."""
     test = world.test_items[: cfg.evaluate.n_items]
-    ev = evaluate_model(student, world, test, cfg.evaluate)
+    rows = evaluation_rows(student, world, test, cfg.evaluate, part=part)
+    rows = gather(rows) if gather else rows
+    if rows is None:
+        return None, None
+    rows = in_list_order(rows, test, cfg.evaluate.passes)
+    ev = summarize(rows, len(decoder_layers(student)), count_parameters(student), world.codec.token_rate)
     speed = speedup(teacher_model, student, world.family, test[: cfg.evaluate.batch_size], cfg.evaluate)
     return quality_metrics(ev, speed, baseline), ev.items
 

@@ -3,9 +3,10 @@
 `run_trial` is the Tune trainable (a small driver process): it picks the trial's layer
 set, opens the trial's MLflow child run, and runs a `TorchTrainer` whose workers each
 execute `train_loop_per_worker`, a plain PyTorch distillation loop over their share of
-the data (DDP: gloo on CPUs, NCCL on GPUs). Rank 0 then evaluates the student with the
-pipeline's `evaluate_student` and reports the final quality metrics, which Tune (and
-Optuna) see as the trial's result.
+the data (DDP: gloo on CPUs, NCCL on GPUs). Every worker then synthesizes its share of the
+test batches, and rank 0 gathers them, scores the student with the pipeline's
+`evaluate_student` and reports the final quality metrics, which Tune (and Optuna) see as
+the trial's result.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
+import torch.distributed as dist
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -104,10 +106,11 @@ def train_loop_per_worker(config: dict) -> None:
         curves.flush()
 
     student = finished_student(run)
-    final: dict = {}
+    # every worker synthesizes its share of the test batches; rank 0 gathers them and scores the whole
+    final, items = evaluate_student(cfg, world, teacher_model, student, job.baseline, (rank, size), _gather_on_rank0)
+    final = final or {}
     with tempfile.TemporaryDirectory(prefix="student-") as files:
         if rank == 0:
-            final, items = evaluate_student(cfg, world, teacher_model, student, job.baseline)
             # the data budget, beside the quality it bought
             final.update(data_pairs=run.budget.pairs, data_hours=run.budget.hours, data_tokens=run.budget.unique_tokens)
             if isinstance(source, TeacherCache):
@@ -121,6 +124,15 @@ def train_loop_per_worker(config: dict) -> None:
             {**last, "step": run.state.step, **final},
             checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 else None,
         )
+
+
+def _gather_on_rank0(rows: list) -> list | None:
+    """Every worker's rows, on rank 0 (None on the others)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return rows
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(rows, parts, dst=0)
+    return [row for part in parts for row in part] if parts is not None else None
 
 
 def _report(metrics: dict, state, fingerprint: dict) -> None:

@@ -41,11 +41,11 @@ class TeacherConfig(Section):
     LlamaForCausalLM in LLaSA's token layout, trained by `train-teacher` with the settings below."""
 
     path: str = "orchestrator/assets/mini-teacher"
-    layers: int = Field(8, ge=2)
-    hidden: int = Field(128, ge=8)
+    layers: int = Field(16, ge=2)
+    hidden: int = Field(96, ge=8)
     heads: int = Field(4, ge=1)
-    kv_heads: int = Field(4, ge=1)
-    mlp: int = Field(384, ge=8)
+    kv_heads: int = Field(2, ge=1)
+    mlp: int = Field(288, ge=8)
     steps: int = Field(1600, ge=1)
     batch_size: int = Field(24, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -189,7 +189,7 @@ class DistillConfig(Section):
 
 class EvalConfig(Section):
     n_items: int = Field(200, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(200, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)

@@ -33,7 +33,7 @@ class MiniWorldConfig(Section):
     max_run: int = Field(3, ge=1)
     n_sentences: int = Field(6000, ge=10)
     dev_sentences: int = Field(200, ge=2)
-    test_sentences: int = Field(200, ge=2)
+    test_sentences: int = Field(1500, ge=2)
 
 
 class TeacherConfig(Section):
@@ -188,7 +188,7 @@ class DistillConfig(Section):
 
 
 class EvalConfig(Section):
-    n_items: int = Field(200, ge=1)
+    n_items: int = Field(1500, ge=1)
     batch_size: int = Field(200, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -80,6 +80,6 @@ def test_the_shipped_teacher_is_found_from_another_directory(tmp_path, monkeypat
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out)["n_layers"] == 8
+    assert json.loads(capsys.readouterr().out)["n_layers"] == 16
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "orchestrator").exists()

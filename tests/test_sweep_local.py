@@ -29,6 +29,8 @@ def sweep_args(tmp_path, *extra):
         "distill.epochs=1",
         "distill.ema=0.9",
         "distill.teacher_cache=true",
+        "distill.extra_texts=4",  # on-policy steps speak 4 texts beyond the budget
+        "evaluate.batch_size=4",  # two test batches: each Train worker synthesizes one
         *extra,
     ]
     args = ["sweep", "--config", "configs/mini.yaml", "--quiet"]
@@ -37,7 +39,7 @@ def sweep_args(tmp_path, *extra):
     return args
 
 
-def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monkeypatch):
+def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tiny_world, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(sweep_args(tmp_path)) == 0
@@ -65,11 +67,18 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tmp_path, capsys, monke
     budget = json.loads(Path(client.download_artifacts(trial.info.run_id, "budget.json", str(tmp_path))).read_text())
     assert trial.data.metrics["data_pairs"] == budget["pairs"] > 0  # the data budget, logged with the run
     assert trial.data.metrics["data_hours"] == pytest.approx(budget["hours"]) and budget["hours"] > 0
+    assert budget["extra_texts"] == 4
+    evaluation = json.loads(
+        Path(client.download_artifacts(trial.info.run_id, "evaluation.json", str(tmp_path))).read_text()
+    )
+    # both workers' batches gathered, in the list's order: every test item once
+    assert [it["name"] for it in evaluation["items"]] == [it.name for it in tiny_world.test_items[:8]]
     history = client.get_metric_history(trial.info.run_id, "train/loss")
     assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 2
     # the sweep's last stage: its page, with each trial's curve as MLflow holds it
     (section,) = json.loads((results.parent / "report" / "results.json").read_text())["sections"]
     assert sorted(s["n_layers"] for s in section["students"]) == [2, 3]
+    assert section["key_results"]["extra_texts"] == 4
     trial_id = trial.data.tags["prun_tts.trial_id"]
     with (results / "curves" / f"{trial_id}.csv").open() as f:
         curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]

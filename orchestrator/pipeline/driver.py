@@ -126,6 +126,7 @@ def run_pipeline(
             f"      {budget.pairs} pairs, {budget.unique_tokens} tokens"
             + (f" = {budget.unique_tokens / teacher.train_tokens:.2%} of the teacher's" if teacher.train_tokens else "")
             + f", {budget.hours:.2f} h of speech; {budget.epochs} epochs"
+            + (f"; + {budget.extra_texts} texts without speech (on-policy steps)" if budget.extra_texts else "")
         )
         cache = stages.teacher_cache_stage(cfg, teacher, budget, executor, out / "teacher-cache", log)
 

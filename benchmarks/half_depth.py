@@ -93,9 +93,9 @@ def main() -> None:
                 }
             )
         # the seeds' mean student, item by item, against the teacher: the recipe's expected gap
+        by_student = [per_item(s) for s in students]  # each student's item -> WER over its passes
         mean_items = [
-            {"name": name, "wer": float(np.mean([per_item(s)[name] for s in students]))}
-            for name in per_item(t_ev.items)
+            {"name": name, "wer": float(np.mean([s[name] for s in by_student]))} for name in per_item(t_ev.items)
         ]
         lo, hi = paired_interval(mean_items, t_ev.items, 2000, 0)
         mean = float(np.mean([r["wer_delta"] for r in runs if r["variant"] == v]))

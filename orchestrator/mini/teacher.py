@@ -40,12 +40,17 @@ def configured_path(cfg: Config) -> Path:
     return p.resolve() if p.is_absolute() or p.exists() or not shipped.exists() else shipped
 
 
+def training_world(cfg: Config) -> dict:
+    """The world settings the teacher depends on: dev and test sentences are drawn after the
+    training ones, so the held-out lists can grow without a new teacher."""
+    return cfg.world.mini.model_dump(exclude={"dev_sentences", "test_sentences"})
+
+
 def teacher_digest(cfg: Config) -> str:
     """Hash of everything that determines the teacher: world version and settings, teacher settings."""
     data = {
         "version": WORLD_VERSION,
-        # dev and test sentences come after the training ones: the held-out lists can grow without a new teacher
-        "world": cfg.world.mini.model_dump(exclude={"dev_sentences", "test_sentences"}),
+        "world": training_world(cfg),
         "teacher": cfg.world.teacher.model_dump(exclude={"path"}),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -119,8 +124,7 @@ def train_teacher(
     meta = {
         "digest": teacher_digest(cfg),
         "world_version": WORLD_VERSION,
-        # dev and test sentences come after the training ones: the held-out lists can grow without a new teacher
-        "world": cfg.world.mini.model_dump(exclude={"dev_sentences", "test_sentences"}),
+        "world": training_world(cfg),
         "teacher": t.model_dump(exclude={"path"}),
         "train_tokens": state.tokens,
         "train_pairs": state.step * t.batch_size,

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from conftest import free_port, tiny_llama
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
@@ -116,9 +117,10 @@ def mean_terms(student, teacher, batch, weights) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         t = teacher(**kw)
     labels, mask = batch["labels"], batch["attention_mask"]
+    at = labels[:, 1:] != -100  # positions whose next label is speech
     every = {
-        "ce": lambda: losses.speech_ce(s.logits, labels),
-        "kl": lambda: losses.speech_kl(s.logits, t.logits, labels, SPEECH, temperature=2.0),
+        "ce": lambda: F.cross_entropy(s.logits[:, :-1][at], labels[:, 1:][at]),  # over the full vocabulary
+        "kl": lambda: losses.speech_kl(s.logits[:, :-1][at][:, SPEECH], t.logits[:, :-1][at][:, SPEECH], 2.0),
         "latent": lambda: losses.latent_loss(s.hidden_states[1:], t.hidden_states[1:], TARGETS, mask),
         "attention": lambda: losses.attention_loss(s.attentions, t.attentions, TARGETS, mask),
         "embedding": lambda: losses.embedding_loss(s.hidden_states[0], t.hidden_states[0], mask),

@@ -14,69 +14,76 @@ def test_latent_targets_follow_the_paper_mapping():
     assert losses.latent_targets([1, 2], 4) == [1, 3]
 
 
-def _logits(rows, vocab=6, ids=(3, 4)):
-    """Logits whose speech-token part (ids) has the given log-probabilities."""
-    out = torch.full((1, len(rows) + 1, vocab), -5.0)
-    for t, probs in enumerate(rows):
-        out[0, t, list(ids)] = torch.log(torch.tensor(probs))
-    return out
+def _logits(rows):
+    """(positions, speech ids) logits whose softmax is the given probabilities."""
+    return torch.log(torch.tensor(rows))
 
 
 def test_speech_kl_known_value():
-    labels = torch.tensor([[-100, 3, 4]])  # positions 0 and 1 predict speech
     teacher = _logits([[0.5, 0.5], [0.5, 0.5]])
     student = _logits([[0.25, 0.75], [0.5, 0.5]])
-    ids = torch.tensor([3, 4])
     expected = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)) / 2  # batchmean over 2 positions
-    assert losses.speech_kl(student, teacher, labels, ids) == pytest.approx(expected, rel=1e-5)
-    assert losses.speech_kl(teacher, teacher, labels, ids) == pytest.approx(0.0, abs=1e-7)
+    assert losses.speech_kl(student, teacher) == pytest.approx(expected, rel=1e-5)
+    assert losses.speech_kl(student, teacher, reduction="sum") == pytest.approx(2 * expected, rel=1e-5)
+    assert losses.speech_kl(teacher, teacher) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_reverse_kl_and_jsd_known_values():
-    labels = torch.tensor([[-100, 3, 4]])
     teacher = _logits([[0.5, 0.5], [0.5, 0.5]])
     student = _logits([[0.25, 0.75], [0.5, 0.5]])
-    ids = torch.tensor([3, 4])
     reverse = (0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)) / 2  # KL(S||T), batchmean
-    assert losses.speech_kl(student, teacher, labels, ids, kind="reverse") == pytest.approx(reverse, rel=1e-5)
+    assert losses.speech_kl(student, teacher, kind="reverse") == pytest.approx(reverse, rel=1e-5)
     beta = 0.3
     m = [beta * 0.5 + (1 - beta) * 0.25, beta * 0.5 + (1 - beta) * 0.75]
     kl_t = 0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])
     kl_s = 0.25 * math.log(0.25 / m[0]) + 0.75 * math.log(0.75 / m[1])
     jsd = (beta * kl_t + (1 - beta) * kl_s) / 2
-    assert losses.speech_kl(student, teacher, labels, ids, kind="jsd", beta=beta) == pytest.approx(jsd, rel=1e-5)
+    assert losses.speech_kl(student, teacher, kind="jsd", beta=beta) == pytest.approx(jsd, rel=1e-5)
     for kind in ("reverse", "jsd"):
-        assert losses.speech_kl(teacher, teacher, labels, ids, kind=kind) == pytest.approx(0.0, abs=1e-7)
+        assert losses.speech_kl(teacher, teacher, kind=kind) == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="forward"):
-        losses.speech_kl(student, teacher, labels, ids, kind="sideways")
+        losses.speech_kl(student, teacher, kind="sideways")
 
 
-def test_speech_kl_ignores_non_speech_positions_and_other_tokens():
-    labels = torch.tensor([[-100, -100, 4]])  # only position 1 predicts speech
-    teacher = _logits([[0.9, 0.1], [0.5, 0.5]])
-    student = _logits([[0.1, 0.9], [0.5, 0.5]])
-    student[0, :, 0] = 7.0  # a non-speech token's logit does not enter the speech distribution
-    assert losses.speech_kl(student, teacher, labels, torch.tensor([3, 4])) == pytest.approx(0.0, abs=1e-6)
+def test_speech_targets_are_the_next_speech_labels_in_position_order():
+    labels = torch.tensor([[-100, -100, 4, 5], [-100, 3, -100, -100]])
+    assert losses.speech_positions(labels).tolist() == [[False, True, True], [True, False, False]]
+    assert losses.speech_targets(labels).tolist() == [4, 5, 3]
 
 
 def test_speech_kl_temperature_scaling():
-    labels = torch.tensor([[-100, 3]])
-    t = torch.zeros(1, 2, 2)
-    s = torch.zeros(1, 2, 2)
-    t[0, 0] = torch.tensor([2.0, 0.0])
-    ids = torch.tensor([0, 1])
+    t = torch.tensor([[2.0, 0.0]])
+    s = torch.zeros(1, 2)
     p = torch.softmax(torch.tensor([1.0, 0.0]), 0)  # teacher at T=2
     expected = float((p * torch.log(p / 0.5)).sum()) * 4
-    assert losses.speech_kl(s, t, labels, ids, temperature=2.0) == pytest.approx(expected, rel=1e-5)
+    assert losses.speech_kl(s, t, temperature=2.0) == pytest.approx(expected, rel=1e-5)
 
 
-def test_speech_ce_is_log_vocab_for_uniform_logits_and_skips_non_speech():
-    logits = torch.zeros(2, 5, 11)
-    labels = torch.full((2, 5), -100)
-    labels[:, 3:] = 7
-    assert losses.speech_ce(logits, labels) == pytest.approx(math.log(11), rel=1e-6)
-    logits[:, 0, 7] = 50.0  # position 0 predicts a non-speech label: no effect
-    assert losses.speech_ce(logits, labels) == pytest.approx(math.log(11), rel=1e-6)
+def test_speech_ce_is_log_vocab_for_a_uniform_head():
+    hidden = torch.randn(5, 4)
+    weight = torch.zeros(11, 4)  # every logit 0: uniform over the 11 ids
+    targets = torch.tensor([7, 7, 1, 0, 10])
+    assert losses.speech_ce(hidden, weight, None, targets) == pytest.approx(math.log(11), rel=1e-6)
+    assert losses.speech_ce(hidden, weight, None, targets, "sum") == pytest.approx(5 * math.log(11), rel=1e-6)
+    bias = torch.zeros(11)
+    bias[7] = math.log(3.0)  # id 7 now has probability 3 / 13
+    expected = (2 * math.log(13 / 3) + 3 * math.log(13)) / 5  # two targets are id 7
+    assert losses.speech_ce(hidden, weight, bias, targets) == pytest.approx(expected, rel=1e-6)
+
+
+def test_speech_ce_in_chunks_has_the_whole_losses_value_and_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(13, 8, requires_grad=True)
+    weight = torch.randn(50, 8, requires_grad=True)
+    bias = torch.randn(50, requires_grad=True)
+    targets = torch.randint(0, 50, (13,))
+    whole = torch.nn.functional.cross_entropy(hidden @ weight.T + bias, targets)  # the reference
+    grads = torch.autograd.grad(whole, (hidden, weight, bias))
+    for rows in (1, 4, 13, 100):
+        chunked = losses.speech_ce(hidden, weight, bias, targets, chunk_rows=rows)
+        torch.testing.assert_close(chunked, whole)
+        for g, ref in zip(torch.autograd.grad(chunked, (hidden, weight, bias)), grads, strict=True):
+            torch.testing.assert_close(g, ref)
 
 
 def test_latent_loss_uses_the_mapping_and_the_mask():

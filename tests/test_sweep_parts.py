@@ -204,15 +204,19 @@ def test_teacher_cache_serves_the_teachers_own_outputs(tiny_cfg, tiny_world, ran
     inputs = dict(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True, use_cache=False
     )
+    ids = tiny_world.family.speech_ids
     live = random_teacher(**inputs)
-    cached = cache.outputs(batch, inputs)
+    cached = cache.outputs(batch, inputs, ids)
     mask = batch["attention_mask"].bool()
-    assert torch.allclose(cached.logits[mask], live.logits[mask], atol=2e-2, rtol=1e-2)
+    # the speech ids' logits at the speech positions: what the divergence reads
+    expected = live.logits[:, :-1][batch["labels"][:, 1:] != -100][:, ids]
+    assert cached.speech_logits.shape == expected.shape
+    assert torch.allclose(cached.speech_logits, expected, atol=2e-2, rtol=1e-2)
     for a, b in zip(cached.hidden_states, live.hidden_states, strict=True):
         assert torch.allclose(a[mask], b[mask], atol=2e-2, rtol=1e-2)
     assert (cache.served, cache.live) == (1, 0)
     # the student's own continuations (no pair index) go to the live teacher
-    cache.outputs({k: v for k, v in batch.items() if k != "index"}, inputs)
+    cache.outputs({k: v for k, v in batch.items() if k != "index"}, inputs, ids)
     assert (cache.served, cache.live) == (1, 1)
     # the same key reuses the cache; a new key rebuilds it
     stamp = (d / "logits.npy").stat().st_mtime_ns

@@ -27,6 +27,7 @@ from torch import nn
 
 from orchestrator.config import DistillConfig
 from orchestrator.distill import data, losses
+from orchestrator.distill.speech_head import SpeechOutputs, speech_outputs
 from orchestrator.files import StateError, atomic_write, differing_keys
 
 
@@ -186,27 +187,29 @@ def term_names(spec: LossSpec, with_teacher: bool, ground_truth: bool = True) ->
 
 
 def compute_losses(
-    student_out,
-    teacher_out,
+    student_out: SpeechOutputs,
+    teacher_out: SpeechOutputs | None,
     batch: dict[str, torch.Tensor],
     spec: LossSpec,
     ground_truth: bool = True,
     reduction: str = "mean",
 ) -> dict[str, torch.Tensor]:
-    """Every weighted term, unweighted (no ground-truth loss on the student's own rollouts).
+    """Every weighted term, unweighted (no ground-truth loss on the student's own rollouts), from
+    the models' `speech_head.speech_outputs` (`model_outputs`).
     `reduction="sum"`: each term summed over the tokens it is a mean over (`losses.COUNTED_OVER`)."""
     w, labels, mask = spec.weights, batch["labels"], batch["attention_mask"]
     terms: dict[str, torch.Tensor] = {}
     if "ce" in w and ground_truth:
-        terms["ce"] = losses.speech_ce(student_out.logits, labels, reduction)
+        head = student_out.head
+        terms["ce"] = losses.speech_ce(
+            student_out.final, head.weight, head.bias, losses.speech_targets(labels).to(head.weight.device), reduction
+        )
     if teacher_out is None:
         return terms
     if "kl" in w:
         terms["kl"] = losses.speech_kl(
-            student_out.logits,
-            teacher_out.logits,
-            labels,
-            spec.speech_ids,
+            student_out.speech_logits,
+            teacher_out.speech_logits,
             spec.temperature,
             spec.kl_kind,
             spec.jsd_beta,
@@ -230,6 +233,18 @@ def compute_losses(
             student_out.hidden_states[0], teacher_out.hidden_states[0], mask, reduction
         )
     return terms
+
+
+def model_outputs(
+    model, inputs: dict, batch: dict[str, torch.Tensor], spec: LossSpec, role: str, ground_truth: bool = True
+) -> SpeechOutputs:
+    """What the weighted terms read from `model` on `batch` (`role` "student" or "teacher"): the
+    speech-id logits for "kl", the student's final hidden states for "ce"; a `TeacherCache` serves
+    the teacher's from disk where it can."""
+    if hasattr(model, "outputs"):  # a TeacherCache
+        return model.outputs(batch, inputs, spec.speech_ids)
+    final = role == "student" and ground_truth and "ce" in spec.weights
+    return speech_outputs(model, inputs, batch["labels"], spec.speech_ids, logits="kl" in spec.weights, final=final)
 
 
 def data_parallel_group(model: nn.Module) -> tuple[object, int]:
@@ -360,10 +375,8 @@ def _accumulate(
                 teacher_out = None
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_out = (
-                            teacher.outputs(batch, inputs) if hasattr(teacher, "outputs") else teacher(**inputs)
-                        )
-                student_out = model(**inputs)
+                        teacher_out = model_outputs(teacher, inputs, batch, spec, "teacher")
+                student_out = model_outputs(model, inputs, batch, spec, "student", ground_truth=not on_policy)
                 terms = compute_losses(student_out, teacher_out, batch, spec, not on_policy, reduction="sum")
             if i == 0 and state.adaptive:
                 divisor = _adaptive_divisors(state.adaptive, terms, first_count, group, world_size, device)

@@ -18,6 +18,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def latent_targets(kept: Sequence[int], n_teacher: int) -> list[int]:
@@ -57,23 +58,20 @@ def _check_reduction(reduction: str) -> None:
 def speech_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    speech_ids: torch.Tensor,
     temperature: float = 1.0,
     kind: str = "forward",
     beta: float = 0.5,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Divergence between teacher (T) and student (S) over the speech-token distribution, times
-    T^2 (Hinton). `forward`: KL(T||S), mass-covering; `reverse`: KL(S||T), mode-seeking (a
-    small student stops spreading mass over what it cannot model); `jsd`: GKD's generalised
-    Jensen-Shannon, beta KL(T||M) + (1-beta) KL(S||M) with M = beta T + (1-beta) S.
-    `reduction`: the mean over speech positions, or their sum."""
+    T^2 (Hinton). Both logits are (N, speech ids): the head's speech-id rows at the N positions
+    whose next label is speech (`speech_head.speech_outputs`). `forward`: KL(T||S), mass-covering;
+    `reverse`: KL(S||T), mode-seeking (a small student stops spreading mass over what it cannot
+    model); `jsd`: GKD's generalised Jensen-Shannon, beta KL(T||M) + (1-beta) KL(S||M) with
+    M = beta T + (1-beta) S. `reduction`: the mean over speech positions, or their sum."""
     _check_reduction(reduction)
-    mask = speech_positions(labels)
-    ids = speech_ids.to(student_logits.device)
-    s = F.log_softmax(student_logits[:, :-1][mask][:, ids].float() / temperature, -1)
-    t = F.log_softmax(teacher_logits[:, :-1][mask][:, ids].float() / temperature, -1)
+    s = F.log_softmax(student_logits.float() / temperature, -1)
+    t = F.log_softmax(teacher_logits.float() / temperature, -1)
     # kl(log q, log p) = KL(p||q), per position (rows), averaged or summed over positions
     kl = partial(F.kl_div, log_target=True, reduction="batchmean" if reduction == "mean" else "sum")
     if kind == "forward":
@@ -90,13 +88,40 @@ def speech_kl(
     return d * temperature**2
 
 
-def speech_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy on the speech span only (labels are -100 elsewhere);
-    `reduction`: the mean over speech positions, or their sum."""
+# logits held at once by `speech_ce`: 2^25 floats (128 MiB) per chunk of positions
+CE_CHUNK_ELEMENTS = 2**25
+
+
+def speech_ce(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    reduction: str = "mean",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy over the whole vocabulary at the speech positions: `hidden` (N, H)
+    final hidden states there, `targets` (N,) their next labels, `weight`/`bias` the output head.
+    The head runs on `chunk_rows` positions at a time (default: about `CE_CHUNK_ELEMENTS` logits)
+    and, when gradients are wanted, again in backward (activation checkpointing), so no
+    N x vocabulary tensor is ever held. `reduction`: the mean over positions, or their sum."""
     _check_reduction(reduction)
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
-    )
+    rows = chunk_rows or max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
+
+    def summed(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(F.linear(h, weight, bias).float(), y, reduction="sum")
+
+    recompute = torch.is_grad_enabled() and hidden.shape[0] > rows  # one chunk: nothing to save
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for a in range(0, hidden.shape[0], rows):
+        h, y = hidden[a : a + rows], targets[a : a + rows]
+        total = total + (checkpoint(summed, h, y, use_reentrant=False) if recompute else summed(h, y))
+    return total / max(hidden.shape[0], 1) if reduction == "mean" else total
+
+
+def speech_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The next labels at the speech positions, in the order `speech_positions` takes them: (N,)."""
+    return labels[:, 1:][speech_positions(labels)]
 
 
 def latent_loss(

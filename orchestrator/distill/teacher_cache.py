@@ -4,13 +4,13 @@ trial of a sweep.
 All trials of a sweep distil from the same frozen teacher on the same training pairs
 (the data budget does not vary within a sweep), so the teacher's forward pass on
 those pairs is identical in every trial and every epoch. The cache stores it once on
-disk, memory-mapped by every worker: the logits (fp16) and, when a latent or
-embedding term is weighted, the hidden states (embeddings and every layer's output,
-fp16). Steps on the student's own continuations (on-policy) and attention maps still
-run the live teacher: their inputs are not known in advance.
+disk, memory-mapped by every worker: the logits of the speech and stop ids (fp16; what
+the divergence reads, `speech_head`) and, when a latent or embedding term is weighted, the
+hidden states (embeddings and every layer's output, fp16). Steps on the student's own
+continuations (on-policy) and attention maps still run the live teacher: their inputs are not known in advance.
 
-Size: tokens x (vocabulary + (layers + 1) x hidden) x 2 bytes; this suits small
-vocabularies (the mini world). For LLaSA's 193,800-token vocabulary keep it off.
+Size: tokens x (speech ids + (layers + 1) x hidden) x 2 bytes; this suits small
+codebooks (the mini world). For LLaSA's 65,537 speech ids keep it off.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from orchestrator.distill.data import collate
+from orchestrator.distill.losses import speech_positions
+from orchestrator.distill.speech_head import SpeechOutputs, final_hidden, head_logits, speech_outputs
 from orchestrator.world import Family, Sample
 
 META = "teacher_cache.json"
@@ -49,32 +50,35 @@ def build_teacher_cache(
     if meta.is_file() and json.loads(meta.read_text())["key"] == key:
         return directory
     lengths = [len(family.training_ids(*p)[0]) for p in pairs]
+    speech_ids = family.speech_ids
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     device = next(teacher.parameters()).device
-    vocab = teacher.get_output_embeddings().out_features
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / "offsets.npy", offsets)
-    logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float16, (int(offsets[-1]), vocab))
+    shape = (int(offsets[-1]), len(speech_ids))
+    logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float16, shape)
     hidden = None
     teacher.eval()
     for start in tqdm(range(0, len(pairs), batch_size), desc="teacher cache", disable=not progress, leave=False):
         batch = collate(family, pairs[start : start + batch_size])
         with torch.no_grad():
-            out = teacher(
+            inputs = dict(
                 input_ids=batch["input_ids"].to(device),
                 attention_mask=batch["attention_mask"].to(device),
                 output_hidden_states=with_hidden,
                 use_cache=False,
             )
+            out, final, head = final_hidden(teacher, inputs)
+            speech = head_logits(final, head, speech_ids)  # (B, T, speech ids): every real position
         if with_hidden and hidden is None:
             shape = (int(offsets[-1]), len(out.hidden_states), out.hidden_states[0].shape[-1])
             hidden = np.lib.format.open_memmap(tmp / "hidden.npy", "w+", np.float16, shape)
         # rows of a batch are consecutive pairs: gather their real tokens and write one block
         lens = batch["attention_mask"].sum(1).tolist()
         a, b = offsets[start], offsets[start + len(lens)]
-        logits[a:b] = torch.cat([out.logits[r, :n] for r, n in enumerate(lens)]).half().cpu().numpy()
+        logits[a:b] = torch.cat([speech[r, :n] for r, n in enumerate(lens)]).half().cpu().numpy()
         if with_hidden:
             states = torch.stack(out.hidden_states, 2)  # (B, T, layers + 1, hidden)
             hidden[a:b] = torch.cat([states[r, :n] for r, n in enumerate(lens)]).half().cpu().numpy()
@@ -104,7 +108,7 @@ class TeacherCache:
         self.served = 0  # batches answered from the cache
         self.live = 0  # batches that ran the teacher
 
-    def outputs(self, batch: dict[str, torch.Tensor], inputs: dict):
+    def outputs(self, batch: dict[str, torch.Tensor], inputs: dict, speech_ids: torch.Tensor) -> SpeechOutputs:
         can_serve = (
             "index" in batch
             and not inputs.get("output_attentions")
@@ -112,7 +116,7 @@ class TeacherCache:
         )
         if not can_serve:
             self.live += 1
-            return self.model(**inputs)
+            return speech_outputs(self.model, inputs, batch["labels"], speech_ids)
         self.served += 1
         ids = batch["input_ids"]
         rows = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in batch["index"].tolist()]
@@ -125,6 +129,5 @@ class TeacherCache:
             logits[r, :n] = torch.from_numpy(np.asarray(self.logits[span], dtype=np.float32))
             if hidden is not None:
                 hidden[:, r, :n] = torch.from_numpy(np.asarray(self.hidden[span], dtype=np.float32)).transpose(0, 1)
-        return types.SimpleNamespace(
-            logits=logits, hidden_states=None if hidden is None else tuple(hidden), attentions=None
-        )
+        at_speech = logits[:, :-1][speech_positions(batch["labels"].to(ids.device))]
+        return SpeechOutputs(None if hidden is None else tuple(hidden), None, at_speech)

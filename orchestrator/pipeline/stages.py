@@ -381,6 +381,7 @@ def teacher_cache_stage(
         "teacher_tokens": teacher.train_tokens,
         "pairs": budget.pairs,
         "with_hidden": spec.needs_hidden,
+        "logits": "speech ids",  # what the cache holds (before: the whole vocabulary)
         "world": world_fingerprint(cfg),
     }
     log(f"      teacher outputs on {budget.pairs} pairs (once for every student)")

@@ -29,7 +29,8 @@ from orchestrator import config
 from orchestrator.anatomy import decoder_layers
 from orchestrator.config import ConfigError, EvalConfig
 from orchestrator.distill.data import collate
-from orchestrator.distill.losses import speech_ce
+from orchestrator.distill.losses import speech_ce, speech_targets
+from orchestrator.distill.speech_head import speech_outputs
 from orchestrator.evaluate.synthesis import evaluate_model
 from orchestrator.prune.surgery import layers_removed
 from orchestrator.world import World
@@ -187,10 +188,10 @@ def _speech_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -
     model.eval()
     total = 0.0
     for b in batches:
-        logits = model(
-            input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device), use_cache=False
-        ).logits
-        total += float(speech_ce(logits, b["labels"].to(device)))
+        ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+        inputs = dict(input_ids=ids, attention_mask=mask, use_cache=False)
+        out = speech_outputs(model, inputs, b["labels"], None, logits=False, final=True)
+        total += float(speech_ce(out.final, out.head.weight, out.head.bias, speech_targets(b["labels"]).to(device)))
     return total / len(batches)
 
 

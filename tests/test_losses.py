@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from orchestrator.distill import losses
 
@@ -63,27 +64,53 @@ def test_speech_ce_is_log_vocab_for_a_uniform_head():
     hidden = torch.randn(5, 4)
     weight = torch.zeros(11, 4)  # every logit 0: uniform over the 11 ids
     targets = torch.tensor([7, 7, 1, 0, 10])
-    assert losses.speech_ce(hidden, weight, None, targets) == pytest.approx(math.log(11), rel=1e-6)
-    assert losses.speech_ce(hidden, weight, None, targets, "sum") == pytest.approx(5 * math.log(11), rel=1e-6)
+    assert losses.speech_terms(hidden, weight, None, targets)["ce"] == pytest.approx(math.log(11), rel=1e-6)
+    summed = losses.speech_terms(hidden, weight, None, targets, reduction="sum")["ce"]
+    assert summed == pytest.approx(5 * math.log(11), rel=1e-6)
     bias = torch.zeros(11)
     bias[7] = math.log(3.0)  # id 7 now has probability 3 / 13
     expected = (2 * math.log(13 / 3) + 3 * math.log(13)) / 5  # two targets are id 7
-    assert losses.speech_ce(hidden, weight, bias, targets) == pytest.approx(expected, rel=1e-6)
+    assert losses.speech_terms(hidden, weight, bias, targets)["ce"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_speech_ce_in_chunks_has_the_whole_losses_value_and_gradients():
+def test_speech_terms_in_chunks_have_the_whole_values_and_gradients():
     torch.manual_seed(0)
     hidden = torch.randn(13, 8, requires_grad=True)
     weight = torch.randn(50, 8, requires_grad=True)
     bias = torch.randn(50, requires_grad=True)
     targets = torch.randint(0, 50, (13,))
-    whole = torch.nn.functional.cross_entropy(hidden @ weight.T + bias, targets)  # the reference
-    grads = torch.autograd.grad(whole, (hidden, weight, bias))
-    for rows in (1, 4, 13, 100):
-        chunked = losses.speech_ce(hidden, weight, bias, targets, chunk_rows=rows)
-        torch.testing.assert_close(chunked, whole)
-        for g, ref in zip(torch.autograd.grad(chunked, (hidden, weight, bias)), grads, strict=True):
-            torch.testing.assert_close(g, ref)
+    speech = torch.tensor([40, 41, 42, 43, 44, 45, 3])  # the speech ids and a stop id, out of order
+    teacher = torch.randn(13, len(speech))
+    # the references, from the whole logits: CE over all 50 ids, KL(T||S) over the speech columns x T^2
+    logits = hidden @ weight.T + bias
+    ref = {"ce": F.cross_entropy(logits, targets, reduction="sum")}
+    s, t = F.log_softmax(logits[:, speech] / 2, -1), F.log_softmax(teacher / 2, -1)
+    ref["kl"] = (t.exp() * (t - s)).sum() * 4
+    params = (hidden, weight, bias)
+    for ce in (True, False):
+        want = ref if ce else {"kl": ref["kl"]}
+        for rows in (1, 4, 13, 100):
+            got = losses.speech_terms(
+                hidden, weight, bias, targets, teacher, speech, ce=ce, temperature=2.0, reduction="sum", chunk_rows=rows
+            )
+            assert set(got) == set(want)
+            for k in want:
+                torch.testing.assert_close(got[k], want[k])
+                g = torch.autograd.grad(got[k], params, retain_graph=True)
+                w = torch.autograd.grad(want[k], params, retain_graph=True)
+                for a, b in zip(g, w, strict=True):
+                    torch.testing.assert_close(a, b)
+
+
+def test_speech_terms_without_speech_positions_are_zero_and_reach_the_head():
+    weight = torch.randn(9, 4, requires_grad=True)
+    hidden = torch.zeros(0, 4, requires_grad=True)
+    got = losses.speech_terms(
+        hidden, weight, None, torch.zeros(0, dtype=torch.long), torch.zeros(0, 2), torch.tensor([1, 2])
+    )
+    assert float(got["ce"]) == 0.0 and float(got["kl"]) == 0.0
+    (grad,) = torch.autograd.grad(got["ce"] + got["kl"], [weight])  # a gradient (of zeros): DDP needs one
+    assert not grad.any()
 
 
 def test_latent_loss_uses_the_mapping_and_the_mask():

@@ -86,18 +86,17 @@ def test_cosyvoice_layout_losses_equal_the_full_logits_ones():
     check_against_reference(student, teacher, collate(family, pairs), family.speech_ids, 4, [0, 1, 3])
 
 
-def test_what_each_term_needs_and_nothing_else(tiny_world, random_teacher):
+def test_the_teacher_gives_speech_id_logits_the_student_its_final_states(tiny_world, random_teacher):
     batch = collate(tiny_world.family, [tiny_world.train_pairs[0]])
     inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     n_speech, n_ids = int((batch["labels"][:, 1:] != -100).sum()), len(tiny_world.family.speech_ids)
-    kl_only = loss_spec(DistillConfig(weights={"kl": 1.0, "ce": 0.0, "latent": 0.0}), tiny_world.family.speech_ids)
-    out = model_outputs(random_teacher, inputs, batch, kl_only, "student")
-    assert out.final is None and out.speech_logits.shape == (n_speech, n_ids)
-    ce_only = loss_spec(DistillConfig(weights={"kl": 0.0, "ce": 1.0, "latent": 0.0}), tiny_world.family.speech_ids)
-    out = model_outputs(random_teacher, inputs, batch, ce_only, "student")
-    assert out.speech_logits is None and out.final.shape == (n_speech, random_teacher.config.hidden_size)
-    # on the student's own rollouts there is no ground truth: no final states kept
-    assert model_outputs(random_teacher, inputs, batch, ce_only, "student", ground_truth=False).final is None
+    spec = loss_spec(DistillConfig(weights={"kl": 1.0, "ce": 0.5, "latent": 0.0}), tiny_world.family.speech_ids)
+    teacher = model_outputs(random_teacher, inputs, batch, spec, "teacher")
+    assert teacher.speech_logits.shape == (n_speech, n_ids)
+    full = random_teacher(**inputs).logits[:, :-1][batch["labels"][:, 1:] != -100]
+    torch.testing.assert_close(teacher.speech_logits, full[:, tiny_world.family.speech_ids])
+    student = model_outputs(random_teacher, inputs, batch, spec, "student")
+    assert student.speech_logits is None and student.final.shape == (n_speech, random_teacher.config.hidden_size)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -110,7 +109,7 @@ def test_a_training_step_with_the_ce_in_chunks_matches_one_chunk(tiny_world, ran
     results = []
     for chunk in (None, rows * random_teacher.config.vocab_size):
         if chunk:
-            monkeypatch.setattr(losses, "CE_CHUNK_ELEMENTS", chunk)  # `rows` positions per chunk
+            monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)  # `rows` positions per chunk
         student = drop_layers(random_teacher, drop=[1])
         for p in student.parameters():
             p.requires_grad_(True)

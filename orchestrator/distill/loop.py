@@ -198,23 +198,26 @@ def compute_losses(
     the models' `speech_head.speech_outputs` (`model_outputs`).
     `reduction="sum"`: each term summed over the tokens it is a mean over (`losses.COUNTED_OVER`)."""
     w, labels, mask = spec.weights, batch["labels"], batch["attention_mask"]
+    ce = "ce" in w and ground_truth
+    kl = "kl" in w and teacher_out is not None
     terms: dict[str, torch.Tensor] = {}
-    if "ce" in w and ground_truth:
+    if ce or kl:  # both from one pass of the student's head over the speech positions
         head = student_out.head
-        terms["ce"] = losses.speech_ce(
-            student_out.final, head.weight, head.bias, losses.speech_targets(labels).to(head.weight.device), reduction
+        terms = losses.speech_terms(
+            student_out.final,
+            head.weight,
+            head.bias,
+            losses.speech_targets(labels).to(head.weight.device),
+            teacher_out.speech_logits if kl else None,
+            spec.speech_ids,
+            ce=ce,
+            temperature=spec.temperature,
+            kind=spec.kl_kind,
+            beta=spec.jsd_beta,
+            reduction=reduction,
         )
     if teacher_out is None:
         return terms
-    if "kl" in w:
-        terms["kl"] = losses.speech_kl(
-            student_out.speech_logits,
-            teacher_out.speech_logits,
-            spec.temperature,
-            spec.kl_kind,
-            spec.jsd_beta,
-            reduction,
-        )
     if "latent" in w:
         terms["latent"] = losses.latent_loss(
             student_out.hidden_states[1:],
@@ -235,16 +238,14 @@ def compute_losses(
     return terms
 
 
-def model_outputs(
-    model, inputs: dict, batch: dict[str, torch.Tensor], spec: LossSpec, role: str, ground_truth: bool = True
-) -> SpeechOutputs:
+def model_outputs(model, inputs: dict, batch: dict[str, torch.Tensor], spec: LossSpec, role: str) -> SpeechOutputs:
     """What the weighted terms read from `model` on `batch` (`role` "student" or "teacher"): the
-    speech-id logits for "kl", the student's final hidden states for "ce"; a `TeacherCache` serves
-    the teacher's from disk where it can."""
+    final hidden states at the speech positions and, for the teacher, the logits of the speech ids
+    there; a `TeacherCache` serves the teacher's from disk where it can."""
     if hasattr(model, "outputs"):  # a TeacherCache
         return model.outputs(batch, inputs, spec.speech_ids)
-    final = role == "student" and ground_truth and "ce" in spec.weights
-    return speech_outputs(model, inputs, batch["labels"], spec.speech_ids, logits="kl" in spec.weights, final=final)
+    ids = spec.speech_ids if role == "teacher" and "kl" in spec.weights else None
+    return speech_outputs(model, inputs, batch["labels"], ids)
 
 
 def data_parallel_group(model: nn.Module) -> tuple[object, int]:
@@ -376,7 +377,7 @@ def _accumulate(
                 if teacher is not None:
                     with torch.no_grad():
                         teacher_out = model_outputs(teacher, inputs, batch, spec, "teacher")
-                student_out = model_outputs(model, inputs, batch, spec, "student", ground_truth=not on_policy)
+                student_out = model_outputs(model, inputs, batch, spec, "student")
                 terms = compute_losses(student_out, teacher_out, batch, spec, not on_policy, reduction="sum")
             if i == 0 and state.adaptive:
                 divisor = _adaptive_divisors(state.adaptive, terms, first_count, group, world_size, device)

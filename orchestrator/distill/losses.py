@@ -88,35 +88,65 @@ def speech_kl(
     return d * temperature**2
 
 
-# logits held at once by `speech_ce`: 2^25 floats (128 MiB) per chunk of positions
-CE_CHUNK_ELEMENTS = 2**25
+# logits held at once by `speech_terms`: 2^27 (512 MiB in fp32) per chunk of positions, about 690
+# of LLaSA's; beyond one chunk the head runs again in backward (measured: benchmarks/README.md)
+CHUNK_ELEMENTS = 2**27
 
 
-def speech_ce(
+def speech_terms(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    speech_ids: torch.Tensor | None = None,
+    ce: bool = True,
+    temperature: float = 1.0,
+    kind: str = "forward",
+    beta: float = 0.5,
     reduction: str = "mean",
     chunk_rows: int | None = None,
-) -> torch.Tensor:
-    """Next-token cross-entropy over the whole vocabulary at the speech positions: `hidden` (N, H)
-    final hidden states there, `targets` (N,) their next labels, `weight`/`bias` the output head.
-    The head runs on `chunk_rows` positions at a time (default: about `CE_CHUNK_ELEMENTS` logits)
-    and, when gradients are wanted, again in backward (activation checkpointing), so no
-    N x vocabulary tensor is ever held. `reduction`: the mean over positions, or their sum."""
+) -> dict[str, torch.Tensor]:
+    """The terms the output head feeds, from the student's final hidden states at the N speech
+    positions (`hidden` (N, H), their next labels `targets` (N,)) and its head (`weight`, `bias`):
+    "ce", the next-token cross-entropy over the whole vocabulary (`ce`), and "kl", `speech_kl`
+    against `teacher_logits` (N, len(speech_ids)) when given.
+
+    The head runs on `chunk_rows` positions at a time (default: about `CHUNK_ELEMENTS` logits),
+    both terms reading the same logits, and when there is more than one chunk and gradients are
+    wanted, again in backward (activation checkpointing): no N x vocabulary tensor is ever held.
+    Without "ce" only the speech ids' rows of the head run. `reduction`: mean over positions, or sum."""
     _check_reduction(reduction)
-    rows = chunk_rows or max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
+    ids = None if speech_ids is None else speech_ids.to(hidden.device)
+    if not ce:  # the divergence alone: the speech rows of the head are all it reads
+        weight, bias = weight[ids], None if bias is None else bias[ids]
+        ids = torch.arange(len(ids), device=hidden.device)
+    names = (["ce"] if ce else []) + (["kl"] if teacher_logits is not None else [])
+    rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
 
-    def summed(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(F.linear(h, weight, bias).float(), y, reduction="sum")
+    def summed(h: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        logits = F.linear(h, weight, bias)
+        out = []
+        if ce:
+            out.append(F.cross_entropy(logits.float(), y, reduction="sum"))
+        if t is not None:
+            out.append(speech_kl(logits[:, ids], t, temperature, kind, beta, reduction="sum"))
+        return tuple(out)
 
+    if hidden.shape[0] == 0:  # no speech position: zeros that still reach the head (DDP waits for its gradient)
+        return dict.fromkeys(names, (hidden.sum() + weight.sum()).float() * 0.0)
     recompute = torch.is_grad_enabled() and hidden.shape[0] > rows  # one chunk: nothing to save
-    total = hidden.new_zeros((), dtype=torch.float32)
+    totals = [hidden.new_zeros((), dtype=torch.float32) for _ in names]
     for a in range(0, hidden.shape[0], rows):
-        h, y = hidden[a : a + rows], targets[a : a + rows]
-        total = total + (checkpoint(summed, h, y, use_reentrant=False) if recompute else summed(h, y))
-    return total / max(hidden.shape[0], 1) if reduction == "mean" else total
+        part = (
+            hidden[a : a + rows],
+            targets[a : a + rows],
+            None if teacher_logits is None else teacher_logits[a : a + rows],
+        )
+        sums = checkpoint(summed, *part, use_reentrant=False) if recompute else summed(*part)
+        totals = [x + y for x, y in zip(totals, sums)]
+    n = max(hidden.shape[0], 1) if reduction == "mean" else 1
+    return {k: v / n for k, v in zip(names, totals)}
 
 
 def speech_targets(labels: torch.Tensor) -> torch.Tensor:

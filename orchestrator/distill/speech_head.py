@@ -5,9 +5,10 @@ position, of which the losses read only the positions whose next label is speech
 divergence from the teacher, only the speech and stop ids (the speech-only head that generation
 uses). So the model runs with `logits_to_keep=1` (no full logits), its final normed hidden states
 are taken from the decoder body, and the head is applied to those positions alone: for the
-divergence to the speech-id rows (`speech_logits`), for the ground-truth loss chunk by chunk over
-the whole vocabulary (`losses.speech_ce`: its normaliser is the model's own full distribution, as
-before).
+teacher's divergence target to the speech-id rows (`speech_logits`), for the student chunk by
+chunk (`losses.speech_terms`: the ground-truth loss over the whole vocabulary, its normaliser the
+model's own full distribution as before, and the divergence over the speech ids' columns of the
+same logits).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class SpeechOutputs:
     attentions: Sequence[torch.Tensor] | None
     speech_logits: torch.Tensor | None  # (N, speech ids) at the N speech positions
     final: torch.Tensor | None = None  # (N, H) final normed hidden states at those positions
-    head: nn.Linear | None = None  # the model's output head (the ground-truth loss's normaliser)
+    head: nn.Linear | None = None  # the model's output head
 
 
 def head_logits(hidden: torch.Tensor, head: nn.Linear, ids: torch.Tensor) -> torch.Tensor:
@@ -61,19 +62,12 @@ def speech_outputs(
     model: nn.Module,
     inputs: dict,
     labels: torch.Tensor,
-    speech_ids: torch.Tensor | None,
-    logits: bool = True,
-    final: bool = False,
+    speech_ids: torch.Tensor | None = None,
 ) -> SpeechOutputs:
     """`model`'s outputs on `inputs` where the losses read them: at the positions whose next label
-    is speech (`speech_positions(labels)`), the speech-id logits (`logits`) and the final hidden
-    states (`final`, for the ground-truth loss)."""
+    is speech (`speech_positions(labels)`), the final hidden states and, given `speech_ids`, the
+    logits of those ids (the teacher's side of the divergence)."""
     out, hidden, head = final_hidden(model, inputs)
     at_speech = hidden[:, :-1][speech_positions(labels.to(hidden.device))]
-    return SpeechOutputs(
-        out.hidden_states,
-        out.attentions,
-        head_logits(at_speech, head, speech_ids) if logits else None,
-        at_speech if final else None,
-        head,
-    )
+    logits = None if speech_ids is None else head_logits(at_speech, head, speech_ids)
+    return SpeechOutputs(out.hidden_states, out.attentions, logits, at_speech, head)

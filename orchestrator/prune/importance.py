@@ -29,7 +29,7 @@ from orchestrator import config
 from orchestrator.anatomy import decoder_layers
 from orchestrator.config import ConfigError, EvalConfig
 from orchestrator.distill.data import collate
-from orchestrator.distill.losses import speech_ce, speech_targets
+from orchestrator.distill.losses import speech_targets, speech_terms
 from orchestrator.distill.speech_head import speech_outputs
 from orchestrator.evaluate.synthesis import evaluate_model
 from orchestrator.prune.surgery import layers_removed
@@ -190,8 +190,9 @@ def _speech_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -
     for b in batches:
         ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
         inputs = dict(input_ids=ids, attention_mask=mask, use_cache=False)
-        out = speech_outputs(model, inputs, b["labels"], None, logits=False, final=True)
-        total += float(speech_ce(out.final, out.head.weight, out.head.bias, speech_targets(b["labels"]).to(device)))
+        out = speech_outputs(model, inputs, b["labels"])
+        targets = speech_targets(b["labels"]).to(device)
+        total += float(speech_terms(out.final, out.head.weight, out.head.bias, targets)["ce"])
     return total / len(batches)
 
 

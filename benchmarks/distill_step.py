@@ -3,6 +3,8 @@
 
     .venv/bin/python benchmarks/distill_step.py --dtype fp32 --length 512 \
         --out benchmarks/results/distill_step-cpu                # a CPU without bf16 instructions
+    .venv/bin/python benchmarks/distill_step.py --shape llasa-1b-head --dtype fp32 --length 3072 \
+        --repeats 1 --out benchmarks/results/distill_step-head-cpu  # the logits' share at length
     .venv/bin/python benchmarks/distill_step.py --shape tiny                # smoke run
 
 Random weights (bf16 by default; on a CPU without bf16 instructions, such as this project's 2-core
@@ -45,6 +47,8 @@ WEIGHTS = {"ce": 0.5, "kl": 1.0, "latent": 0.0}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SHAPES = {
     "llasa-1b": {},
+    # LLaSA-1B's head and width on 2 layers: where the logits, not the layers, fill memory
+    "llasa-1b-head": dict(layers=2),
     "tiny": dict(layers=4, hidden=64, mlp=128, heads=4, kv=2, n_codes=4096, text=2000),
 }
 

@@ -7,7 +7,8 @@ those pairs is identical in every trial and every epoch. The cache stores it onc
 disk, memory-mapped by every worker: the logits of the speech and stop ids (fp16; what
 the divergence reads, `speech_head`) and, when a latent or embedding term is weighted, the
 hidden states (embeddings and every layer's output, fp16). Steps on the student's own
-continuations (on-policy) and attention maps still run the live teacher: their inputs are not known in advance.
+continuations (on-policy) and attention maps still run the live teacher: their inputs are
+not known in advance.
 
 Size: tokens x (speech ids + (layers + 1) x hidden) x 2 bytes; this suits small
 codebooks (the mini world). For LLaSA's 65,537 speech ids keep it off.
@@ -119,15 +120,16 @@ class TeacherCache:
             return speech_outputs(self.model, inputs, batch["labels"], speech_ids)
         self.served += 1
         ids = batch["input_ids"]
-        rows = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in batch["index"].tolist()]
-        logits = torch.zeros(*ids.shape, self.logits.shape[1], device=ids.device)
+        index = batch["index"].cpu().numpy()  # the batch is on the training device
+        starts, ends = self.offsets[index], self.offsets[index + 1]
+        # the speech positions' rows only, in the order `speech_positions` takes them (row-major)
+        r, t = speech_positions(batch["labels"].cpu()).nonzero(as_tuple=True)
+        rows = starts[r.numpy()] + t.numpy()
+        at_speech = torch.from_numpy(np.asarray(self.logits[rows], dtype=np.float32)).to(ids.device)
         hidden = None
-        if inputs.get("output_hidden_states"):
+        if inputs.get("output_hidden_states"):  # the latent terms read every real position
             hidden = torch.zeros(self.hidden.shape[1], *ids.shape, self.hidden.shape[2], device=ids.device)
-        for r, span in enumerate(rows):
-            n = span.stop - span.start
-            logits[r, :n] = torch.from_numpy(np.asarray(self.logits[span], dtype=np.float32))
-            if hidden is not None:
-                hidden[:, r, :n] = torch.from_numpy(np.asarray(self.hidden[span], dtype=np.float32)).transpose(0, 1)
-        at_speech = logits[:, :-1][speech_positions(batch["labels"].to(ids.device))]
+            for row, (a, b) in enumerate(zip(starts, ends)):
+                span = np.asarray(self.hidden[a:b], dtype=np.float32)
+                hidden[:, row, : b - a] = torch.from_numpy(span).transpose(0, 1)
         return SpeechOutputs(None if hidden is None else tuple(hidden), None, at_speech)

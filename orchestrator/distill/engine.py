@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from orchestrator.anatomy import decoder_layers
 from orchestrator.config import Config
+from orchestrator.distill import sharding
 from orchestrator.distill.budget import (
     DataBudget,
     budget_record,
@@ -53,6 +54,7 @@ class DistillRun:
     pairs: list
     steps: int
     texts: list[str] = dataclasses.field(default_factory=list)  # new texts for the on-policy steps
+    cut: Callable[[], nn.Module] | None = None  # a fresh, whole copy of the student before training
 
 
 def prepare_distill(
@@ -66,7 +68,8 @@ def prepare_distill(
     start: nn.Module | None = None,
 ) -> DistillRun:
     """The student (teacher minus `drop`), optimizer and data, for one process or for each of
-    `world_size` data-parallel workers (`wrap`: e.g. Ray Train's `prepare_model`, for DDP).
+    `world_size` data-parallel workers (`wrap`: Ray Train's `prepare_model` for DDP, or
+    `sharding.shard_student` for FSDP2).
     The global batch is `distill.batch_size` whatever the number of workers. `start`: a
     teacher-shaped model to cut the student from instead of the teacher (`surgery.graft` of an
     earlier, shallower-cut student: pruning in steps)."""
@@ -79,17 +82,22 @@ def prepare_distill(
     spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id, f.stop_ids)
     if spec.needs_attention:  # attention maps are only returned by the eager implementation
         teacher.set_attn_implementation("eager")
+
     # fp32 weights for the optimizer (a bf16 teacher's copy would round small updates away);
     # autocast still computes in bf16 on a GPU
-    student = drop_layers(start if start is not None else teacher, drop=drop).float()
-    for p in student.parameters():
-        p.requires_grad_(True)
+    def cut() -> nn.Module:
+        student = drop_layers(start if start is not None else teacher, drop=drop).float()
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return student
+
+    student = cut()
     if wrap is not None:
         student = wrap(student)
     steps = optimizer_steps(budget.pairs, d)
     state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive, ema=d.ema)
     pairs = [world.train_pairs[i] for i in range(budget.pairs)]
-    return DistillRun(state, spec, budget, pairs, steps, extra_texts(world, budget))
+    return DistillRun(state, spec, budget, pairs, steps, extra_texts(world, budget), cut)
 
 
 def training_steps(
@@ -176,10 +184,15 @@ def distill(
 
 
 def finished_student(run: DistillRun) -> nn.Module:
-    """The trained student (its weight average when `distill.ema` is on), in eval mode."""
+    """The trained student (its weight average when `distill.ema` is on), in eval mode; a sharded
+    one gathered whole into a plain model on every worker (a collective: every worker calls it)."""
     student = getattr(run.state.model, "module", run.state.model)
     if run.state.ema:
         run.state.ema.copy_to(student)
+    if sharding.is_sharded(student):
+        weights = sharding.full_weights(student)
+        student = run.cut()
+        student.load_state_dict(weights)
     return student.eval()
 
 

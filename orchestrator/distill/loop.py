@@ -1,8 +1,8 @@
 """The training step: multi-level distillation of a pruned student from its frozen
 teacher (or plain next-token training when there is no teacher).
 
-Plain PyTorch, one process; a distributed trainer wraps the student in DDP and
-calls the same `train_step` per worker.
+Plain PyTorch, one process; a distributed trainer wraps the student in DDP or shards it
+(`sharding.shard_student`, FSDP2) and calls the same `train_step` per worker.
 
 Gradient accumulation is exact (as in torchtune and nanoGPT): a step's gradient is that of
 the per-token mean loss over all its micro-batches on all ranks, whatever their sizes, and
@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from orchestrator.config import DistillConfig
-from orchestrator.distill import data, losses
+from orchestrator.distill import data, losses, sharding
 from orchestrator.distill.speech_head import SpeechOutputs, speech_outputs
 from orchestrator.files import StateError, atomic_write, differing_keys
 
@@ -251,10 +254,15 @@ def model_outputs(model, inputs: dict, batch: dict[str, torch.Tensor], spec: Los
 def data_parallel_group(model: nn.Module) -> tuple[object, int]:
     """The process group over which `model`'s gradients are averaged, and its size.
 
-    A data-parallel wrapper (DDP, FSDP: what has `no_sync`) in an initialised process group
-    averages its gradients over that group; anything else keeps each process's own
-    gradients: (None, 1), and token counts stay local to the process."""
-    if not hasattr(model, "no_sync") or not (dist.is_available() and dist.is_initialized()):
+    A data-parallel model (DDP: what has `no_sync`; FSDP2: sharded over its mesh) in an
+    initialised process group averages its gradients over that group; anything else keeps each
+    process's own gradients: (None, 1), and token counts stay local to the process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None, 1
+    if sharding.is_sharded(model):
+        group = sharding.mesh_group(model)
+        return group, dist.get_world_size(group)
+    if not hasattr(model, "no_sync"):
         return None, 1
     group = getattr(model, "process_group", None)
     return group, dist.get_world_size(group)
@@ -306,7 +314,7 @@ def train_step(
         totals = _accumulate(state, micro_batches, spec, teacher, on_policy, names, device, amp)
     if state.scaler:
         state.scaler.unscale_(state.optimizer)
-    totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    totals["grad_norm"] = sharding.total_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
     if state.scaler:
         state.scaler.step(state.optimizer)
         state.scaler.update()
@@ -335,18 +343,19 @@ def _accumulate(
     """The forward and backward passes of `train_step`; returns the step's per-token mean terms and loss."""
     model = state.model
     if on_policy:  # every rollout before any count: they change the step's token counts
-        micro_batches = [
-            data.student_rollouts(
-                model,
-                data.text_prompts(b) if "text_input_ids" in b else b,  # new texts, where the run has them
-                spec.pad_id,
-                spec.end_id,
-                spec.rollout_temperature,
-                spec.speech_ids,
-                spec.stop_ids,
-            )
-            for b in micro_batches
-        ]
+        with sharding.gathered(model):  # a sharded student decodes whole, each worker on its own
+            micro_batches = [
+                data.student_rollouts(
+                    model,
+                    data.text_prompts(b) if "text_input_ids" in b else b,  # new texts, where the run has them
+                    spec.pad_id,
+                    spec.end_id,
+                    spec.rollout_temperature,
+                    spec.speech_ids,
+                    spec.stop_ids,
+                )
+                for b in micro_batches
+            ]
     counts = [losses.token_counts(b) for b in micro_batches]
     kinds = ("speech", "mask")
     local = {c: sum(n[c] for n in counts) for c in kinds}
@@ -370,8 +379,7 @@ def _accumulate(
             use_cache=False,
         )
         # gradients stay on this rank until the last micro-batch (forward and backward inside no_sync)
-        sync = model.no_sync() if i < last and hasattr(model, "no_sync") else nullcontext()
-        with sync:
+        with sharding.gradient_sync(model, i == last):
             with amp:
                 teacher_out = None
                 if teacher is not None:
@@ -416,6 +424,7 @@ def _adaptive_divisors(
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "step", "tokens")
+TRAIN_STATE = "train_state.pt"  # in a sharded checkpoint's folder: what is not sharded
 
 
 def save_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | None = None) -> None:
@@ -429,32 +438,48 @@ def save_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | Non
     blob = {
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
+        "ema": state.ema.state_dict() if state.ema else None,
+        **_unsharded_state(state, fingerprint),
+    }
+    atomic_write(path, lambda f: torch.save(blob, f), binary=True)
+
+
+def _unsharded_state(state: TrainState, fingerprint: dict | None) -> dict:
+    return {
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict() if state.scaler else None,
         "adaptive": state.adaptive.state_dict() if state.adaptive else None,
-        "ema": state.ema.state_dict() if state.ema else None,
         "step": state.step,
         "tokens": state.tokens,
         "rng": _rng_states(),
         "fingerprint": fingerprint,
     }
-    atomic_write(path, lambda f: torch.save(blob, f), binary=True)
 
 
-def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | None = None) -> None:
-    """Restore `state` from `save_checkpoint`'s file, and the random number generators with it, so
-    that the resumed run draws the same numbers (on-policy rollouts, dropout) as an uninterrupted one.
+def save_sharded_checkpoint(state: TrainState, folder: str | Path, fingerprint: dict | None = None) -> None:
+    """`save_checkpoint` for a sharded student (`sharding.shard_student`); every worker calls it.
+    Each writes its shards of the model, the optimizer state and the weight average into `folder`
+    with `torch.distributed.checkpoint` (loadable on any number of workers: the shards are
+    redistributed on load); rank 0 also writes the rest to `folder`/train_state.pt, atomically.
+    The workers' folders may differ (one per node): their files together are the checkpoint."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dcp.save(_sharded_state(state), checkpoint_id=folder)
+    if _rank() == 0:
+        blob = {**_unsharded_state(state, fingerprint), "ema_decay": state.ema.decay if state.ema else None}
+        atomic_write(folder / TRAIN_STATE, lambda f: torch.save(blob, f), binary=True)
 
-    Call it AFTER any seeding done at start (`torch.manual_seed` and the like): it overrides the
-    seed. Generators are restored only in the process of the rank that saved them (rank 0 in a
-    data-parallel run; the other ranks keep their own seeding), and not at all from a checkpoint
-    written before they were saved. `fingerprint`: the settings of this run; a checkpoint saved with
-    other ones (or without any) is refused. Raises `StateError` for a file that is cut short, is
-    not a distillation checkpoint, or does not match the fingerprint.
-    """
-    path = Path(path)
+
+def _sharded_state(state: TrainState) -> dict:
+    """The model's, optimizer's and weight average's shards, by parameter name (what DCP reads and writes)."""
+    model, optimizer = get_state_dict(state.model, state.optimizer)  # a fresh optimizer's state is created
+    return {"model": model, "optimizer": optimizer, **({"ema": state.ema.shadow} if state.ema else {})}
+
+
+def _read_blob(path: Path, fingerprint: dict | None, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint file's contents on `device`, checked (`load_checkpoint`'s errors)."""
     try:
-        blob = torch.load(path, map_location=next(state.model.parameters()).device, weights_only=False)
+        blob = torch.load(path, map_location=device, weights_only=False)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (
@@ -470,10 +495,10 @@ def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | Non
             f"the distillation checkpoint {path} is damaged ({e.__class__.__name__}: {str(e)[:200]}); it was "
             "cut short or is not a checkpoint. Delete it and run again to start the student from scratch"
         ) from None
-    if not isinstance(blob, dict) or any(k not in blob for k in _CHECKPOINT_KEYS):
+    needed = _CHECKPOINT_KEYS if path.name != TRAIN_STATE else _CHECKPOINT_KEYS[2:]
+    if not isinstance(blob, dict) or any(k not in blob for k in needed):
         raise StateError(
-            f"{path} is not a distillation checkpoint (no {', '.join(_CHECKPOINT_KEYS)}); "
-            "delete it or point at the right file"
+            f"{path} is not a distillation checkpoint (no {', '.join(needed)}); delete it or point at the right file"
         )
     keys = None if fingerprint is None else differing_keys(blob.get("fingerprint"), fingerprint)
     if keys != [] and fingerprint is not None:
@@ -482,15 +507,53 @@ def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | Non
             f"the distillation checkpoint {path} was saved with {what}; delete it to start afresh, "
             "or resume with the settings it was saved with"
         )
+    return blob
+
+
+def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | None = None) -> None:
+    """Restore `state` from `save_checkpoint`'s file, and the random number generators with it, so
+    that the resumed run draws the same numbers (on-policy rollouts, dropout) as an uninterrupted one.
+
+    Call it AFTER any seeding done at start (`torch.manual_seed` and the like): it overrides the
+    seed. Generators are restored only in the process of the rank that saved them (rank 0 in a
+    data-parallel run; the other ranks keep their own seeding), and not at all from a checkpoint
+    written before they were saved. `fingerprint`: the settings of this run; a checkpoint saved with
+    other ones (or without any) is refused. Raises `StateError` for a file that is cut short, is
+    not a distillation checkpoint, or does not match the fingerprint.
+    """
+    blob = _read_blob(Path(path), fingerprint, next(state.model.parameters()).device)
     getattr(state.model, "module", state.model).load_state_dict(blob["model"])
     state.optimizer.load_state_dict(blob["optimizer"])
+    if state.ema and blob.get("ema"):
+        state.ema.load_state_dict(blob["ema"])
+    _restore_unsharded(state, blob)
+
+
+def load_sharded_checkpoint(state: TrainState, folder: str | Path, fingerprint: dict | None = None) -> None:
+    """`load_checkpoint` for `save_sharded_checkpoint`'s folder, on any number of workers; every
+    worker calls it."""
+    folder = Path(folder)
+    blob = _read_blob(folder / TRAIN_STATE, fingerprint)
+    shards = _sharded_state(state)
+    try:
+        dcp.load(shards, checkpoint_id=folder)
+    except (CheckpointException, OSError, RuntimeError, ValueError) as e:
+        raise StateError(
+            f"the sharded distillation checkpoint {folder} cannot be read ({e.__class__.__name__}: "
+            f"{str(e)[:200]}); delete it and run again to start the student from scratch"
+        ) from None
+    set_state_dict(state.model, state.optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    if state.ema and "ema" in shards:
+        state.ema.decay = blob["ema_decay"]  # the shadow was loaded in place
+    _restore_unsharded(state, blob)
+
+
+def _restore_unsharded(state: TrainState, blob: dict) -> None:
     state.scheduler.load_state_dict(blob["scheduler"])
     if state.scaler and blob.get("scaler"):
         state.scaler.load_state_dict(blob["scaler"])
     if state.adaptive and blob.get("adaptive"):
         state.adaptive.load_state_dict(blob["adaptive"])
-    if state.ema and blob.get("ema"):
-        state.ema.load_state_dict(blob["ema"])
     state.step, state.tokens = blob["step"], blob["tokens"]
     rng = blob.get("rng")
     if rng is not None and rng.get("rank", 0) == _rank():

@@ -213,6 +213,11 @@ class TrainConfig(Section):
     """Ray Train: the distributed distillation of each sweep trial."""
 
     num_workers: int = Field(2, ge=1)
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every worker holds the whole student; fsdp: each holds 1/num_workers of its "
+        "weights, gradients and optimizer state (FSDP2, on GPUs and CPUs), for students too big for one device",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0, description="used when use_gpu")

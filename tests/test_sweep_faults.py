@@ -431,3 +431,49 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except psutil.Error:
         return []
+
+
+def test_an_fsdp_trial_whose_workers_die_resumes_from_its_shards(tmp_path, started):
+    """train.strategy=fsdp, one trial: its two Train workers (each holding half the student) are
+    killed mid-training; Ray Train starts new ones, which read both workers' shards back from the
+    last checkpoint and train on from its step to a whole student. (That the resumed student is the
+    uninterrupted one, on any number of workers, is test_fsdp's.)"""
+    cmd = sweep_cmd(
+        tmp_path, "sweep.space=layer_sets", "sweep.layer_sets=['0']", "sweep.local_cpus=3", "train.strategy=fsdp"
+    )
+    sweep = started(cmd, tmp_path / "sweep.log")
+    base = tmp_path / "sweeps" / NAME
+
+    def workers():
+        found = [p for p in sweep.members() if "RayTrainWorker" in " ".join(_cmdline(p))]
+        return found if len(found) == 2 else None
+
+    def training():
+        ckpts = latest_checkpoints(base)
+        ready = [m for m in ckpts.values() if 0 < m["step"] < STEPS - 2 and "wer" not in m]
+        return ready and workers() and ready[0]
+
+    wait_until(training, 900, "the trial's first checkpoint", sweep)
+    killed = {p.pid for p in workers()}
+    for p in workers():
+        p.kill()
+    new = wait_until(lambda: (w := workers()) and all(p.pid not in killed for p in w) and w, 600, "new workers", sweep)
+    assert len(new) == 2
+    ((run, latest),) = latest_checkpoints(base).items()  # read after the kill: no later one comes
+    killed_at = latest["step"]
+    assert sweep.wait(900) == 0, sweep.tail()
+
+    (row,) = trial_rows(base).values()
+    assert row["status"] == "ok" and float(row["wer"]) >= 0, row
+    trial_id = run.removeprefix("train-")
+    reported = steps_reported(base, trial_id)
+    assert reported == sorted(set(reported)) and reported[-1] == STEPS, reported
+    assert killed_at in reported  # reported before the kill, once: the new workers went on from there
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (trial,) = runs_by_role(client)["trial"]
+    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")]
+    assert steps == list(range(1, STEPS + 1)), steps  # every step once
+    student = Path(client.download_artifacts(trial.info.run_id, "student", str(tmp_path / "student")))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(student).config.num_hidden_layers == 3

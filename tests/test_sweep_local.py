@@ -99,6 +99,24 @@ def test_local_sweep_tracks_trials_and_resumes(tiny_cfg, tiny_world, tmp_path, c
     assert "different config" in capsys.readouterr().err
 
 
+def test_fsdp_sweep_shards_the_students_and_ships_whole_ones(tiny_cfg, tmp_path, capsys, monkeypatch):
+    """train.strategy=fsdp: each trial's 2 Train workers hold half the student; every checkpoint
+    holds both workers' shards (torch.distributed.checkpoint), and the chosen student is a whole
+    Hugging Face checkpoint that stock `from_pretrained` loads from the registry."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(sweep_args(tmp_path, "train.strategy=fsdp")) == 0
+    out = capsys.readouterr().out
+    with (tmp_path / "sweeps" / "mini-sweep" / "results" / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(float(r["n_layers"])) for r in rows) == [2, 3] and all(r["status"] == "ok" for r in rows)
+    assert all(float(r["wer"]) >= 0 for r in rows)
+    shards = [sorted(p.name for p in d.iterdir()) for d in (tmp_path / "sweeps").rglob("sharded-state")]
+    assert shards and all(s == [".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.pt"] for s in shards)
+    name = check_listening_and_registry(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", tmp_path / "downloads")
+    assert f"Model Registry: models:/{name}/1" in out
+
+
 def test_trial_bigger_than_the_cluster_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -3,15 +3,16 @@
 `run_trial` is the Tune trainable (a small driver process): it picks the trial's layer
 set, opens the trial's MLflow child run, and runs a `TorchTrainer` whose workers each
 execute `train_loop_per_worker`, a plain PyTorch distillation loop over their share of
-the data (DDP: gloo on CPUs, NCCL on GPUs). Every worker then synthesizes its share of the
-test batches, and rank 0 gathers them, scores the student with the pipeline's
-`evaluate_student` and reports the final quality metrics, which Tune (and Optuna) see as
-the trial's result.
+the data (DDP, or FSDP2 with `train.strategy: fsdp`; gloo on CPUs, NCCL on GPUs). Every
+worker then synthesizes its share of the test batches with the whole student, and rank 0
+gathers them, scores the student with the pipeline's `evaluate_student` and reports the
+final quality metrics, which Tune (and Optuna) see as the trial's result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -28,8 +29,16 @@ from orchestrator.builders import build_world
 from orchestrator.config import Config
 from orchestrator.distill.budget import budget_record
 from orchestrator.distill.engine import finished_student, prepare_distill, training_steps
-from orchestrator.distill.loop import load_checkpoint, save_checkpoint
+from orchestrator.distill.loop import (
+    TrainState,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from orchestrator.distill.sharding import is_sharded, shard_student
 from orchestrator.distill.teacher_cache import TeacherCache
+from orchestrator.files import StateError
 from orchestrator.pipeline.stages import (
     BUDGET_METRICS,
     METRICS,
@@ -42,7 +51,8 @@ from orchestrator.prune.surgery import label
 from orchestrator.sweep.space import trial_plan
 from orchestrator.world import load_model, save_student
 
-STATE = "state.pt"
+STATE = "state.pt"  # a DDP run's training state (rank 0's)
+SHARDED_STATE = "sharded-state"  # an FSDP run's: every worker's shards
 TRIAL_TAG = "prun_tts.trial_id"  # finds a trial's MLflow run again (resumes, the trade-off)
 
 
@@ -81,14 +91,16 @@ def train_loop_per_worker(config: dict) -> None:
     rank, size = ctx.get_world_rank(), ctx.get_world_size()
     cfg = job.cfg
     world = build_world(cfg)
-    teacher_model = load_model(world, job.teacher.path, ray.train.torch.get_device())
-    run = prepare_distill(
-        cfg, world, teacher_model, job.teacher.train_tokens, job.drop, size, wrap=ray.train.torch.prepare_model
-    )
+    device = ray.train.torch.get_device()
+    teacher_model = load_model(world, job.teacher.path, device)
+    # Ray's prepare_model shards with FSDP1 and on GPUs only: FSDP2 is applied by hand (`sharding`)
+    sharded = cfg.train.strategy == "fsdp"
+    wrap = functools.partial(shard_student, device=device) if sharded else ray.train.torch.prepare_model
+    run = prepare_distill(cfg, world, teacher_model, job.teacher.train_tokens, job.drop, size, wrap=wrap)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a resumed trial continues where its last checkpoint stopped
         with checkpoint.as_directory() as d:
-            load_checkpoint(run.state, Path(d) / STATE, fingerprint=job.fingerprint)
+            _load_state(run.state, Path(d), job.fingerprint)
     source = TeacherCache(job.teacher_cache, teacher_model) if job.teacher_cache else teacher_model
     curves = None
     if rank == 0:  # one worker logs the curves, thinned to about tracking.curve_points points
@@ -101,7 +113,8 @@ def train_loop_per_worker(config: dict) -> None:
         if m["step"] % cfg.train.report_every == 0 and m["step"] < run.steps:
             if curves:
                 curves.flush()
-            _report({**last, "step": m["step"]}, run.state if rank == 0 else None, job.fingerprint)
+            writes = rank == 0 or sharded  # every worker writes its shards
+            _report({**last, "step": m["step"]}, run.state if writes else None, job.fingerprint)
     if curves:
         curves.flush()
 
@@ -110,6 +123,8 @@ def train_loop_per_worker(config: dict) -> None:
     final, items = evaluate_student(cfg, world, teacher_model, student, job.baseline, (rank, size), _gather_on_rank0)
     final = final or {}
     with tempfile.TemporaryDirectory(prefix="student-") as files:
+        if sharded:
+            _save_state(run.state, Path(files), job.fingerprint)
         if rank == 0:
             # the data budget, beside the quality it bought
             final.update(data_pairs=run.budget.pairs, data_hours=run.budget.hours, data_tokens=run.budget.unique_tokens)
@@ -119,10 +134,11 @@ def train_loop_per_worker(config: dict) -> None:
             (Path(files) / "evaluation.json").write_text(json.dumps({**final, "items": items}, indent=2))
             budget = budget_record(run.budget, job.teacher.train_tokens)
             (Path(files) / "budget.json").write_text(json.dumps(budget, indent=2))
-            save_checkpoint(run.state, Path(files) / STATE, fingerprint=job.fingerprint)
+            if not sharded:
+                _save_state(run.state, Path(files), job.fingerprint)
         ray.train.report(
             {**last, "step": run.state.step, **final},
-            checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 else None,
+            checkpoint=ray.train.Checkpoint.from_directory(files) if rank == 0 or sharded else None,
         )
 
 
@@ -136,13 +152,36 @@ def _gather_on_rank0(rows: list) -> list | None:
 
 
 def _report(metrics: dict, state, fingerprint: dict) -> None:
-    """Every worker reports (Train needs the same number of reports from each); rank 0 adds the checkpoint."""
+    """Every worker reports (Train needs the same number of reports from each); those given the
+    `state` add the checkpoint (rank 0 under DDP, every worker under FSDP: Ray Train merges their
+    folders into one)."""
     if state is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(state, Path(d) / STATE, fingerprint=fingerprint)
+        _save_state(state, Path(d), fingerprint)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _save_state(state: TrainState, folder: Path, fingerprint: dict) -> None:
+    if is_sharded(state.model):
+        save_sharded_checkpoint(state, folder / SHARDED_STATE, fingerprint=fingerprint)
+    else:
+        save_checkpoint(state, folder / STATE, fingerprint=fingerprint)
+
+
+def _load_state(state: TrainState, folder: Path, fingerprint: dict) -> None:
+    sharded = is_sharded(state.model)
+    if not (folder / (SHARDED_STATE if sharded else STATE)).exists():
+        saved, now = ("fsdp", "ddp") if (folder / SHARDED_STATE).exists() else ("ddp", "fsdp")
+        raise StateError(
+            f"the trial's checkpoint {folder} was saved with train.strategy={saved}, this run uses {now}: "
+            f"resume it with train.strategy={saved}, or start the sweep afresh"
+        )
+    if sharded:
+        load_sharded_checkpoint(state, folder / SHARDED_STATE, fingerprint=fingerprint)
+    else:
+        load_checkpoint(state, folder / STATE, fingerprint=fingerprint)
 
 
 def trial_run_id(sweep: SweepPayload, trial_id: str, plan: Plan, n_layers: int, searched: dict) -> str:

@@ -4,6 +4,7 @@ finished sweep without re-running a trial; and a trial bigger than the cluster i
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,7 @@ def test_fsdp_sweep_shards_the_students_and_ships_whole_ones(tiny_cfg, tmp_path,
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(sweep_args(tmp_path, "train.strategy=fsdp")) == 0
     out = capsys.readouterr().out
+    assert re.search(r"memory per Train worker \(estimate\): [0-9.]+ GiB per worker \(teacher .*optimizer", out)
     with (tmp_path / "sweeps" / "mini-sweep" / "results" / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert sorted(int(float(r["n_layers"])) for r in rows) == [2, 3] and all(r["status"] == "ok" for r in rows)

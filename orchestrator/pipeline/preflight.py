@@ -288,3 +288,28 @@ def check_address(address: str, timeout: float = 5.0, setting: str = "--address"
         raise ConfigError(
             f"{named}: no Ray cluster answers there ({e}); give the head node's HOST:PORT (6379 by default), or {fix}"
         ) from None
+
+
+def check_trial_memory(cfg: Config, estimate, device_bytes: int) -> None:
+    """Refuse a trial whose estimated memory per Train worker (`distill.memory`) is more than one
+    device holds, with what would make it fit."""
+    if estimate.total <= device_bytes:
+        return
+    t, d = cfg.train, cfg.distill
+    fixes = []
+    if t.strategy == "ddp":
+        fixes.append(
+            "train.strategy=fsdp (each worker then holds 1/train.num_workers of the student's weights, "
+            "gradients and optimizer state)"
+        )
+    else:
+        fixes.append(f"more train.num_workers (now {t.num_workers}: each holds 1/num_workers of the student's state)")
+    fixes.append(
+        f"a smaller distill.batch_size (now {d.batch_size}) or a larger distill.grad_accum (now "
+        f"{d.grad_accum}): fewer tokens per micro-batch, fewer activations"
+    )
+    device = "GPU" if t.use_gpu else "worker's share of its node's memory"
+    raise ConfigError(
+        f"one Train worker would need about {estimate.describe()}; a {device} holds "
+        f"{device_bytes / 2**30:.2f} GiB. Try " + "; or ".join(fixes)
+    )

@@ -26,12 +26,19 @@ from orchestrator.builders import teacher_layers
 from orchestrator.config import Config, ConfigError
 from orchestrator.console import route_chatter
 from orchestrator.distill.budget import optimizer_steps
-from orchestrator.distributed.cluster import ray_cluster
+from orchestrator.distill.memory import GIB, MemoryEstimate, estimate_step_memory
+from orchestrator.distributed.cluster import ray_cluster, worker_memory
 from orchestrator.evaluate.intervals import DELTA_INTERVALS
 from orchestrator.files import atomic_write_json, durable, in_ray_job, read_json
 from orchestrator.pipeline import stages
 from orchestrator.pipeline.driver import Hooks, StudentsJob, run_pipeline
-from orchestrator.pipeline.preflight import comparable, concurrent_trials, preflight, ray_address
+from orchestrator.pipeline.preflight import (
+    check_trial_memory,
+    comparable,
+    concurrent_trials,
+    preflight,
+    ray_address,
+)
 from orchestrator.pipeline.stages import Plan, StudentResult, TeacherInfo
 from orchestrator.prune.surgery import label
 from orchestrator.report.page import report_of
@@ -227,6 +234,10 @@ class TuneStudents:
             sweep_run.id,
             str(self.base / "train"),
         )
+        # will a trial fit? before any trial starts (a refusal keeps every stage done so far)
+        estimate, have = trial_memory(job), worker_memory(cfg.train.use_gpu, cfg.train.cpus_per_worker)
+        log(f"      memory per Train worker (estimate): {estimate.describe()}; one holds {have / GIB:.1f} GiB")
+        check_trial_memory(cfg, estimate, have)
         steps = optimizer_steps(job.budget.pairs, cfg.distill)
         space = trial_space(cfg, job.plans, job.teacher.n_layers)
         results = _tune(cfg, self.base, payload, space, self.concurrency, steps, self.progress, log)
@@ -240,6 +251,25 @@ class TuneStudents:
                     s.evaluation = read_json(got, "trial evaluation")
                     s.curve = tracking.curve_rows(uri, run_id)
         return students
+
+
+def trial_memory(job: StudentsJob) -> MemoryEstimate:
+    """The estimated memory of a Train worker of the sweep's largest student, on the longest
+    training pair (`distill.memory`)."""
+    cfg = job.cfg
+    world, teacher = stages.world_and_teacher(cfg, job.teacher)
+    try:
+        rows = cfg.distill.batch_size // cfg.train.num_workers  # a worker's micro-batch
+        pairs = [world.family.training_ids(*world.train_pairs[i]) for i in range(job.budget.pairs)]
+        longest = max(len(ids) for ids, _ in pairs)
+        speech = max(sum(label != -100 for label in labels) for _, labels in pairs)
+        kept = max(job.teacher.n_layers - len(p.drop) for p in job.plans)
+        w = cfg.distill.weights
+        latent = w.latent > 0 or w.embedding > 0  # the teacher's hidden states are kept
+        t = cfg.train
+        return estimate_step_memory(teacher, kept, t.strategy, t.num_workers, rows * longest, rows * speech, latent)
+    finally:
+        stages.forget_models()  # the driver keeps no model
 
 
 class _SweepRun:

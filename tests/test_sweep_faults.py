@@ -477,3 +477,32 @@ def test_an_fsdp_trial_whose_workers_die_resumes_from_its_shards(tmp_path, start
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(student).config.num_hidden_layers == 3
+
+
+def test_an_asha_sweep_with_more_trials_than_fit_at_once_finishes(tmp_path, started):
+    """ASHA on a 2-CPU private cluster, one trial at a time: the trial it stops loses its Train
+    controller, and Ray Train's PlacementGroupCleaner frees its workers' placement group (it needs
+    the State API: the private Ray keeps its dashboard), so the trials after it start and finish
+    (ray-project/ray issue 54305: without the dashboard, the next trial waited forever)."""
+    cmd = sweep_cmd(
+        tmp_path,
+        "sweep.local_cpus=2",
+        "train.num_workers=1",
+        "prune.ratio=[0.25,0.5,0.75]",
+        "sweep.scheduler=asha",
+        "sweep.asha_metric=loss",
+        "sweep.asha_grace=1",
+        "train.report_every=1",
+        "distill.epochs=3",
+    )
+    sweep = started(cmd, tmp_path / "sweep.log")
+    assert sweep.wait(1200) == 0, sweep.tail()
+    base = tmp_path / "sweeps" / NAME
+    rows = trial_rows(base)
+    status = sorted(r["status"] for r in rows.values())
+    assert len(rows) == 3 and set(status) == {"ok", "stopped"}, rows  # none left waiting, none failed
+    stopped = [r["trial_id"] for r in rows.values() if r["status"] == "stopped"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    by_trial = {r.data.tags["prun_tts.trial_id"]: r for r in runs_by_role(client)["trial"]}
+    assert all(by_trial[t].info.status == "KILLED" for t in stopped)
+    assert all(by_trial[r["trial_id"]].info.status == "FINISHED" for r in rows.values() if r["status"] == "ok")

@@ -7,6 +7,7 @@ reaches the user as its message, not as Ray's traceback.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Iterator
 
 import ray
@@ -27,12 +28,18 @@ def ray_cluster(
     `started_hook`: run right after `ray.init` (which resets Ray's logger)."""
     started = not ray.is_initialized()
     if started:
+        # a private Ray keeps its dashboard, on a free local port: it serves the State API, by which
+        # Ray Train's PlacementGroupCleaner sees that a stopped trial's Train controller is gone and
+        # frees its workers' placement group (without it a trial ASHA stopped kept its CPUs for good)
+        private = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+        if private:
+            private["dashboard_port"] = _free_port()
         ray.init(
             address=address or "local",
             num_cpus=None if address else num_cpus,
-            include_dashboard=False if not address else None,
             log_to_driver=log_to_driver,
             configure_logging=configure_logging,
+            **private,
         )
         if started_hook:
             started_hook()
@@ -46,3 +53,29 @@ def ray_cluster(
     finally:
         if started:
             ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_memory(use_gpu: bool, cpus_per_worker: float) -> int:
+    """The memory one Train worker can count on: a GPU's (asked of a task on one), else its node's
+    Ray `memory` shared by CPU among the workers the node can hold (the smallest such share)."""
+    if use_gpu:
+
+        @ray.remote(num_gpus=1, num_cpus=0)
+        def gpu_bytes() -> int:
+            import torch
+
+            return torch.cuda.get_device_properties(0).total_memory
+
+        return ray.get(gpu_bytes.remote())
+    shares = [
+        n["Resources"]["memory"] * cpus_per_worker / n["Resources"]["CPU"]
+        for n in ray.nodes()
+        if n["Alive"] and n["Resources"].get("CPU", 0) >= cpus_per_worker and n["Resources"].get("memory")
+    ]
+    return int(min(shares))

@@ -38,6 +38,7 @@ from orchestrator.config import DistillConfig
 from orchestrator.distill.loop import loss_spec, make_state, train_step
 from orchestrator.distill.memory import GIB, estimate_step_memory
 from orchestrator.distill.sharding import shard_student
+from orchestrator.distributed.cluster import free_port
 from orchestrator.evaluate.metrics import PeakMemory
 from orchestrator.prune.surgery import drop_layers
 
@@ -107,23 +108,9 @@ def worker(rank: int, args, port: int, out: str) -> None:
 
 def child(args) -> None:
     with tempfile.TemporaryDirectory() as out:
-        with socket_port() as port:
-            pass
-        mp.spawn(worker, args=(args, port, out), nprocs=args.workers, join=True)
+        mp.spawn(worker, args=(args, free_port(), out), nprocs=args.workers, join=True)
         rows = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(args.workers)]
     print(json.dumps({"strategy": args.child, "ranks": rows}))
-
-
-class socket_port:
-    def __enter__(self) -> int:
-        import socket
-
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return self.s.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        self.s.close()
 
 
 def main() -> None:

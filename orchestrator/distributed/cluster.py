@@ -33,7 +33,7 @@ def ray_cluster(
         # frees its workers' placement group (without it a trial ASHA stopped kept its CPUs for good)
         private = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
         if private:
-            private["dashboard_port"] = _free_port()
+            private["dashboard_port"] = free_port()
         ray.init(
             address=address or "local",
             num_cpus=None if address else num_cpus,
@@ -55,7 +55,8 @@ def ray_cluster(
             ray.shutdown()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -23,10 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from orchestrator.config import DistillConfig
 from orchestrator.distill import data, losses, sharding
@@ -462,6 +459,8 @@ def save_sharded_checkpoint(state: TrainState, folder: str | Path, fingerprint: 
     with `torch.distributed.checkpoint` (loadable on any number of workers: the shards are
     redistributed on load); rank 0 also writes the rest to `folder`/train_state.pt, atomically.
     The workers' folders may differ (one per node): their files together are the checkpoint."""
+    import torch.distributed.checkpoint as dcp  # here: seconds to import (`sharding`)
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dcp.save(_sharded_state(state), checkpoint_id=folder)
@@ -472,6 +471,8 @@ def save_sharded_checkpoint(state: TrainState, folder: str | Path, fingerprint: 
 
 def _sharded_state(state: TrainState) -> dict:
     """The model's, optimizer's and weight average's shards, by parameter name (what DCP reads and writes)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     model, optimizer = get_state_dict(state.model, state.optimizer)  # a fresh optimizer's state is created
     return {"model": model, "optimizer": optimizer, **({"ema": state.ema.shadow} if state.ema else {})}
 
@@ -532,6 +533,10 @@ def load_checkpoint(state: TrainState, path: str | Path, fingerprint: dict | Non
 def load_sharded_checkpoint(state: TrainState, folder: str | Path, fingerprint: dict | None = None) -> None:
     """`load_checkpoint` for `save_sharded_checkpoint`'s folder, on any number of workers; every
     worker calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import CheckpointException
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
     folder = Path(folder)
     blob = _read_blob(folder / TRAIN_STATE, fingerprint)
     shards = _sharded_state(state)

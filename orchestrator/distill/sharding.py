@@ -12,21 +12,25 @@ parameter in fp32 AdamW), and sharding it would add an all-gather per layer per 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
 
 from orchestrator.anatomy import decoder_layers
+
+# FSDP and DTensor are imported where a student is sharded, not here: importing them costs
+# seconds in every process that trains (and a command that refuses bad input must answer fast);
+# until they are imported, no model can be sharded and no tensor can be a DTensor.
 
 
 def shard_student(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` on `device`, sharded in place over every process of the default group."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     model.to(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in decoder_layers(model):
@@ -39,12 +43,18 @@ def shard_student(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def _is_dtensor(t) -> bool:
+    tensor = sys.modules.get("torch.distributed.tensor")
+    return tensor is not None and isinstance(t, tensor.DTensor)
 
 
 def mesh_group(model: nn.Module):
     """The process group a sharded model's gradients are reduced over."""
-    return next(p for p in model.parameters() if isinstance(p, DTensor)).device_mesh.get_group()
+    return next(p for p in model.parameters() if _is_dtensor(p)).device_mesh.get_group()
 
 
 @contextlib.contextmanager
@@ -74,7 +84,7 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
     if not is_sharded(model):
         yield model
         return
-    parts = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    parts = [m for m in model.modules() if is_sharded(m)]
     for m in parts:
         m.unshard()
         m.set_reshard_after_forward(False, recurse=False)  # stay gathered between forwards
@@ -89,9 +99,11 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
 
 def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every weight of a sharded model whole, on every worker (a collective: every worker calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
 def total_norm(norm: torch.Tensor) -> float:
     """`clip_grad_norm_`'s result as a number (a DTensor for a sharded model)."""
-    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return float(norm.full_tensor() if _is_dtensor(norm) else norm)

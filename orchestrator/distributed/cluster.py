@@ -31,9 +31,15 @@ def ray_cluster(
         # a private Ray keeps its dashboard, on a free local port: it serves the State API, by which
         # Ray Train's PlacementGroupCleaner sees that a stopped trial's Train controller is gone and
         # frees its workers' placement group (without it a trial ASHA stopped kept its CPUs for good)
-        private = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
-        if private:
-            private["dashboard_port"] = free_port()
+        private = {}
+        if not address:
+            port = free_port()
+            # ...and its workers are told where that dashboard is: the State API otherwise looks for
+            # "the" local Ray, and fails where another Ray runs on the same machine
+            env = {"RAY_ADDRESS": f"http://127.0.0.1:{port}"}
+            private = dict(
+                include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env}
+            )
         ray.init(
             address=address or "local",
             num_cpus=None if address else num_cpus,

@@ -24,12 +24,12 @@ FP32 = 4
 GIB = 2**30
 
 
-def activation_floats(hidden: int, kv: int, mlp: int) -> int:
+def activation_floats(hidden: int, mlp: int) -> int:
     """Floats a Llama/Qwen2 decoder block saves for backward, per token: the attention norm's
     input and output, q and grouped-query k and v (repeated to every head for attention), the
     attention's output and its projection's input, the MLP norm's input and output, and the MLP's
-    gate, up, activated gate and product (the down projection's input)."""
-    del kv  # repeated to the query heads' width before attention: k and v count as `hidden` each
+    gate, up, activated gate and product (the down projection's input). Grouped-query k and v
+    count as `hidden` each: they are repeated to the query heads' width before attention."""
     return 9 * hidden + 4 * mlp
 
 
@@ -83,8 +83,7 @@ def estimate_step_memory(
         # default, in Ray Train's prepare_model too): the gradients twice
         weights, gradients, optimizer = FP32 * student, 2 * FP32 * student, 2 * FP32 * student
     hidden, mlp = cfg.hidden_size, cfg.intermediate_size
-    kv = cfg.num_key_value_heads * (hidden // cfg.num_attention_heads)
-    saved = tokens * kept_layers * activation_floats(hidden, kv, mlp) * FP32
+    saved = tokens * kept_layers * activation_floats(hidden, mlp) * FP32
     # every layer's output (the student's for the latent term; the teacher's, kept without grad)
     states = tokens * hidden * FP32 * ((kept_layers + 1) + ((len(layers) + 1) if latent else 0))
     vocab = decoder_parts(teacher)[2].weight.shape[0]

@@ -222,6 +222,12 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0, description="used when use_gpu")
     driver_cpus: float = Field(0.5, gt=0, description="the trial driver process that starts the Train run")
+    data_cpus: float = Field(
+        0.25,
+        gt=0,
+        description="the Ray Data actor that reads a trial's training pairs for its workers (Ray Data stalls "
+        "when the Train workers hold every CPU)",
+    )
     report_every: int = Field(20, ge=1, description="optimizer steps between reports (metrics, checkpoint)")
     max_failures: int = Field(
         2, ge=0, description="restarts of a trial's Train run from its last checkpoint after a worker dies"

@@ -11,7 +11,7 @@ import soundfile as sf
 from orchestrator.config import ConfigError
 from orchestrator.data.manifest import read_manifest
 from orchestrator.data.seedtts import SeedTTSItems, read_meta_list
-from orchestrator.data.shards import read_shards, shard_name, speaker_pairs, write_index, write_shard
+from orchestrator.data.shards import ShardPairs, read_shards, shard_name, speaker_pairs, write_index, write_shard
 from orchestrator.world import Sample
 
 
@@ -68,6 +68,25 @@ def test_shards_round_trip_and_unfinished_shards_are_refused(tmp_path):
     samples = read_shards(tmp_path)
     assert [x.text for x in samples] == ["t0", "t1", "t2", "t3", "t4"]
     assert samples[4].codes == (0, 1, 2, 3, 4) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_shard_pairs_read_pair_by_pair_equal_the_pairs_of_all_shards(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = [
+        {"id": f"{i}", "text": f"t{i}", "speaker": f"s{rng.integers(4)}", "codes": rng.integers(0, 99, 1 + i % 7)}
+        for i in range(23)
+    ]
+    rows[5]["codes"] = []  # no speech: not an utterance
+    for k in range(0, 23, 5):
+        write_shard(tmp_path / shard_name(k // 5), rows[k : k + 5])
+    write_index(tmp_path, "digest", "codec", 5, 23)
+    lazy, eager = ShardPairs(tmp_path), speaker_pairs(read_shards(tmp_path))
+    assert len(lazy) == len(eager) > 15
+    assert [lazy[i] for i in range(len(lazy))] == eager and lazy[-1] == eager[-1] and lazy[2:4] == eager[2:4]
+    with pytest.raises(IndexError):
+        lazy[len(eager)]
+    assert lazy._where.nbytes + lazy._pairs.nbytes <= 32 * 23  # positions kept, never the codes
+    assert len(ShardPairs(tmp_path / "none")) == 0
 
 
 class CountingCodec:

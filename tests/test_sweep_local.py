@@ -123,7 +123,7 @@ def test_trial_bigger_than_the_cluster_is_refused_before_anything_is_written(tmp
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(sweep_args(tmp_path, "sweep.local_cpus=2", "train.num_workers=4")) == 2
-    assert "train.num_workers=4: one trial needs 4.5 CPU" in capsys.readouterr().err
+    assert "train.num_workers=4: one trial needs 4.75 CPU" in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
 
 

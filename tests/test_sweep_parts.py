@@ -112,9 +112,10 @@ def test_trials_are_sized_from_the_cluster_and_oversized_trials_refused():
     from orchestrator.pipeline.preflight import concurrent_trials
 
     c = cfg_with("train.num_workers=2", "train.cpus_per_worker=1", "train.driver_cpus=0.5")
-    assert concurrent_trials(c, {"CPU": 8}) == 3  # 8 // 2.5
+    assert concurrent_trials(c, {"CPU": 8}) == 2  # 8 // (0.5 driver + 0.25 data + 2 workers)
+    assert concurrent_trials(c, {"CPU": 8.25}) == 3
     assert concurrent_trials(cfg_with("train.num_workers=2", "sweep.max_concurrent_trials=1"), {"CPU": 8}) == 1
-    with pytest.raises(ConfigError, match="train.num_workers=4: one trial needs 4.5 CPU"):
+    with pytest.raises(ConfigError, match="train.num_workers=4: one trial needs 4.75 CPU"):
         concurrent_trials(cfg_with("train.num_workers=4"), {"CPU": 4})
     with pytest.raises(ConfigError, match="GPU"):
         concurrent_trials(cfg_with("train.use_gpu=true"), {"CPU": 16})

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from orchestrator.config import ConfigError
 from orchestrator.world import Sample
@@ -58,51 +60,84 @@ def write_index(folder: str | Path, digest: str, codec: str, n_shards: int, n_ro
     )
 
 
-def read_shards(folder: str | Path) -> list[Sample]:
+def _shard_lines(folder: str | Path) -> Iterator[tuple[int, int, dict]]:
+    """(shard number, byte offset, row) of every utterance with speech, in the manifest's order."""
     index = read_index(folder)
     if index is None:
         raise ConfigError(
             f"world.real.shards: {folder} holds no finished shards ({INDEX} missing); make them with "
             "`prun-tts shards --config CFG` from world.real.train_manifest"
         )
-    samples = []
     for i in range(index["shards"]):
-        for line in (Path(folder) / shard_name(i)).read_text().splitlines():
-            r = json.loads(line)
-            if r["codes"]:
-                samples.append(Sample(r["text"], r["speaker"], tuple(r["codes"])))
-    return samples
+        with (Path(folder) / shard_name(i)).open("rb") as f:
+            offset = 0
+            for line in f:
+                r = json.loads(line)
+                if r["codes"]:
+                    yield i, offset, r
+                offset += len(line)
+
+
+def read_shards(folder: str | Path) -> list[Sample]:
+    return [Sample(r["text"], r["speaker"], tuple(r["codes"])) for _, _, r in _shard_lines(folder)]
 
 
 def speaker_pairs(samples: Sequence[Sample]) -> list[tuple[Sample, Sample]]:
     """(prompt, target) for every utterance whose speaker has another one; shuffle the
     manifest if it is sorted by speaker, or a small budget sees few voices."""
+    return [(samples[p], samples[t]) for p, t in _pair_indices([s.speaker for s in samples])]
+
+
+def _pair_indices(speakers: Sequence[str]) -> list[tuple[int, int]]:
+    """(prompt, target) positions: each utterance prompted by the next one of its speaker
+    (wrapping around), in the manifest's order, so a budget that takes the first pairs takes
+    every speaker."""
     by_speaker: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(samples):
-        by_speaker[s.speaker].append(i)
+    for i, s in enumerate(speakers):
+        by_speaker[s].append(i)
     prompt_of: dict[int, int] = {}
     for same in by_speaker.values():
         if len(same) > 1:
             prompt_of.update({i: same[(k + 1) % len(same)] for k, i in enumerate(same)})
-    # in the manifest's order, so a budget that takes the first pairs takes every speaker
-    return [(samples[prompt_of[i]], samples[i]) for i in range(len(samples)) if i in prompt_of]
+    return [(prompt_of[i], i) for i in range(len(speakers)) if i in prompt_of]
 
 
 class ShardPairs(Sequence[tuple[Sample, Sample]]):
-    """`speaker_pairs` of a shard folder, read on first use: every Ray worker builds the world,
-    and those that only score or evaluate never read the shards. No finished shards: no pairs."""
+    """`speaker_pairs` of a shard folder, read pair by pair: one pass on first use keeps where
+    each utterance starts (shard, byte offset: no codes), and a pair is read from its two lines
+    when asked for. Memory does not grow with the shards' speech, only by two integers an
+    utterance. Every Ray worker builds the world, and those that only score or evaluate never
+    read the shards. No finished shards: no pairs."""
 
     def __init__(self, folder: str | Path):
         self.folder = folder
-        self._pairs: list[tuple[Sample, Sample]] | None = None
+        self._where: np.ndarray | None = None  # (shard, offset) of each utterance
+        self._pairs: np.ndarray | None = None  # (prompt, target) utterance numbers of each pair
 
-    def _all(self) -> list[tuple[Sample, Sample]]:
+    def _index(self) -> np.ndarray:
         if self._pairs is None:
-            self._pairs = speaker_pairs(read_shards(self.folder)) if read_index(self.folder) else []
+            where, speakers = [], []
+            if read_index(self.folder):
+                for shard, offset, r in _shard_lines(self.folder):
+                    where.append((shard, offset))
+                    speakers.append(r["speaker"])
+            self._where = np.array(where, dtype=np.int64).reshape(-1, 2)
+            self._pairs = np.array(_pair_indices(speakers), dtype=np.int64).reshape(-1, 2)
         return self._pairs
 
+    def _sample(self, utterance: int) -> Sample:
+        shard, offset = self._where[utterance]
+        with (Path(self.folder) / shard_name(int(shard))).open("rb") as f:
+            f.seek(int(offset))
+            r = json.loads(f.readline())
+        return Sample(r["text"], r["speaker"], tuple(r["codes"]))
+
     def __len__(self) -> int:
-        return len(self._all())
+        return len(self._index())
 
     def __getitem__(self, i):
-        return self._all()[i]
+        pairs = self._index()
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(pairs)))]
+        prompt, target = pairs[i]  # IndexError past the end, as a list
+        return self._sample(int(prompt)), self._sample(int(target))

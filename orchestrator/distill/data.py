@@ -76,6 +76,36 @@ def student_rollouts(
     return new
 
 
+def batch_order(
+    n_pairs: int,
+    batch_size: int,
+    epochs: int = 1,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    n_texts: int = 0,
+) -> Iterator[list[tuple[int, int]]]:
+    """This rank's batches in training order, each a list of (pair index, new text index or -1):
+    a shuffle per epoch, rank r taking every world_size-th pair of it, whole batches only. Pair i
+    takes text (epoch x pairs + i) mod `n_texts`: another text each epoch while they last."""
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(n_pairs, generator=g).tolist()[rank::world_size]
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            chosen = order[start : start + batch_size]
+            yield [(i, (epoch * n_pairs + i) % n_texts if n_texts else -1) for i in chosen]
+
+
+def pairs_batch(
+    family: Family, pairs: Sequence[tuple[Sample, Sample]], index: Sequence[int], texts: Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    """`collate`, plus `index`: each row's position among the training pairs (the key of the
+    teacher-output cache)."""
+    batch = collate(family, pairs, texts)
+    batch["index"] = torch.tensor(list(index))
+    return batch
+
+
 def batches(
     family: Family,
     pairs: Sequence[tuple[Sample, Sample]],
@@ -86,16 +116,8 @@ def batches(
     world_size: int = 1,
     texts: Sequence[str] = (),
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled batches over `epochs`; with world_size > 1 each rank takes its own share.
-    `index` holds each row's position in `pairs` (the key of the teacher-output cache).
-    `texts`: new target texts for the on-policy steps, pair i taking text (epoch x pairs + i)
-    mod their number: another text each epoch while they last."""
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        order = torch.randperm(len(pairs), generator=g).tolist()[rank::world_size]
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            chosen = order[start : start + batch_size]
-            new = [texts[(epoch * len(pairs) + i) % len(texts)] for i in chosen] if texts else ()
-            batch = collate(family, [pairs[i] for i in chosen], new)
-            batch["index"] = torch.tensor(chosen)
-            yield batch
+    """The batches of `batch_order` over `pairs`, read as they are needed (`texts`: the new
+    target texts of the on-policy steps)."""
+    for chosen in batch_order(len(pairs), batch_size, epochs, seed, rank, world_size, len(texts)):
+        new = [texts[t] for _, t in chosen] if texts else ()
+        yield pairs_batch(family, [pairs[i] for i, _ in chosen], [i for i, _ in chosen], new)

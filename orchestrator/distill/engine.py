@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -51,9 +52,7 @@ class DistillRun:
     state: TrainState
     spec: LossSpec
     budget: DataBudget
-    pairs: list
     steps: int
-    texts: list[str] = dataclasses.field(default_factory=list)  # new texts for the on-policy steps
     cut: Callable[[], nn.Module] | None = None  # a fresh, whole copy of the student before training
 
 
@@ -66,18 +65,20 @@ def prepare_distill(
     world_size: int = 1,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     start: nn.Module | None = None,
+    budget: DataBudget | None = None,
 ) -> DistillRun:
     """The student (teacher minus `drop`), optimizer and data, for one process or for each of
     `world_size` data-parallel workers (`wrap`: Ray Train's `prepare_model` for DDP, or
     `sharding.shard_student` for FSDP2).
     The global batch is `distill.batch_size` whatever the number of workers. `start`: a
     teacher-shaped model to cut the student from instead of the teacher (`surgery.graft` of an
-    earlier, shallower-cut student: pruning in steps)."""
+    earlier, shallower-cut student: pruning in steps). `budget`: the driver's, where it was planned
+    already (a Train worker then never reads the pairs to plan it)."""
     d = cfg.distill
     check_batch_split(d.batch_size, world_size)
     n_teacher = len(decoder_layers(teacher))
     kept = resolve_keep(n_teacher, drop=drop)
-    budget = plan_budget(cfg, world, teacher_tokens)
+    budget = budget or plan_budget(cfg, world, teacher_tokens)
     f = world.family
     spec = loss_spec(d, f.speech_ids, kept, n_teacher, f.pad_id, f.end_id, f.stop_ids)
     if spec.needs_attention:  # attention maps are only returned by the eager implementation
@@ -96,34 +97,50 @@ def prepare_distill(
         student = wrap(student)
     steps = optimizer_steps(budget.pairs, d)
     state = make_state(student, d.lr, d.warmup, steps, d.precision, d.adaptive, ema=d.ema)
-    pairs = [world.train_pairs[i] for i in range(budget.pairs)]
-    return DistillRun(state, spec, budget, pairs, steps, extra_texts(world, budget), cut)
+    return DistillRun(state, spec, budget, steps, cut)
 
 
 def training_steps(
-    run: DistillRun, cfg: Config, world: World, source, rank: int = 0, world_size: int = 1
+    run: DistillRun,
+    cfg: Config,
+    world: World,
+    source,
+    rank: int = 0,
+    world_size: int = 1,
+    stream: Callable[[int], Iterator[dict]] | None = None,
 ) -> Iterator[dict]:
     """Take the steps left (a resumed state starts where it stopped), yielding each step's metrics.
-    `source`: what answers for the teacher, the frozen model or a `TeacherCache` in front of it."""
+    `source`: what answers for the teacher, the frozen model or a `TeacherCache` in front of it.
+    `stream(skip)`: this rank's batches after the first `skip` (a Train worker's, from Ray Data);
+    else they are read from `world.train_pairs` here, the same batches in the same order."""
     d = cfg.distill
-    stream = batches(
-        world.family,
-        run.pairs,
-        d.batch_size // world_size,
-        epochs=d.epochs,
-        seed=d.seed,
-        rank=rank,
-        world_size=world_size,
-        texts=run.texts,
-    )
-    for _ in range(run.state.step * d.grad_accum):  # skip what a resumed run already trained on
-        next(stream)
+    skip = run.state.step * d.grad_accum  # what a resumed run already trained on
+    if stream is None:
+        pairs = _Budgeted(world.train_pairs, run.budget.pairs)
+        texts = extra_texts(world, run.budget)
+        per_rank = d.batch_size // world_size
+        every = batches(world.family, pairs, per_rank, d.epochs, d.seed, rank, world_size, texts)
+        stream = lambda skip: itertools.islice(every, skip, None)  # noqa: E731
+    stream = stream(skip)
     while run.state.step < run.steps:
         micro = [next(stream) for _ in range(d.grad_accum)]
         # a seed per (run, rank, step): a resumed run draws what an uninterrupted one would
         torch.manual_seed(step_seed(d.seed, rank, run.state.step))
         metrics = train_step(run.state, micro, run.spec, source, d.clip, d.precision)
         yield {"step": run.state.step, "tokens": run.state.tokens, **metrics}
+
+
+class _Budgeted(Sequence):
+    """The first `n` training pairs, each read when a batch takes it."""
+
+    def __init__(self, pairs: Sequence, n: int):
+        self.pairs, self.n = pairs, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.pairs[i]
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

@@ -167,7 +167,7 @@ def check_layer_sets(cfg: Config, n_layers: int) -> None:
 
 def trial_resources(cfg: Config) -> dict[str, float]:
     t = cfg.train
-    need = {"CPU": t.driver_cpus + t.num_workers * t.cpus_per_worker}
+    need = {"CPU": t.driver_cpus + t.data_cpus + t.num_workers * t.cpus_per_worker}
     if t.use_gpu:
         need["GPU"] = t.num_workers * t.gpus_per_worker
     return need
@@ -186,7 +186,7 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
             else "train.cpus_per_worker"
         )
         raise ConfigError(
-            f"train.num_workers={cfg.train.num_workers}: one trial needs {want} (driver + workers); "
+            f"train.num_workers={cfg.train.num_workers}: one trial needs {want} (driver + data reader + workers); "
             f"the cluster has {have}. Lower train.num_workers or {fix}, or add nodes"
         )
     return min(fits, cfg.sweep.max_concurrent_trials) if cfg.sweep.max_concurrent_trials else fits

@@ -228,6 +228,7 @@ class TuneStudents:
             job.teacher,
             job.all_plans,
             job.baseline,
+            job.budget,
             job.teacher_cache,
             uri,
             sweep_run.experiment,

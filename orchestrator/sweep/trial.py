@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from orchestrator import tracking
 from orchestrator.builders import build_world
 from orchestrator.config import Config
-from orchestrator.distill.budget import budget_record
+from orchestrator.distill.budget import DataBudget, budget_record
 from orchestrator.distill.engine import finished_student, prepare_distill, training_steps
 from orchestrator.distill.loop import (
     TrainState,
@@ -38,6 +38,7 @@ from orchestrator.distill.loop import (
 )
 from orchestrator.distill.sharding import is_sharded, shard_student
 from orchestrator.distill.teacher_cache import TeacherCache
+from orchestrator.distributed.stream import data_config, dataset_name, pairs_datasets, streamed_batches
 from orchestrator.files import StateError
 from orchestrator.pipeline.stages import (
     BUDGET_METRICS,
@@ -64,6 +65,7 @@ class SweepPayload:
     teacher: TeacherInfo
     plans: list[Plan]  # every plan of the sweep's space
     baseline: dict
+    budget: DataBudget  # the training pairs every trial takes (streamed to its workers)
     teacher_cache: str | None
     tracking_uri: str
     experiment_id: str
@@ -79,6 +81,7 @@ class TrialPayload:
     teacher: TeacherInfo
     drop: tuple[int, ...]
     baseline: dict
+    budget: DataBudget
     teacher_cache: str | None
     tracking_uri: str
     run_id: str
@@ -96,7 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Ray's prepare_model shards with FSDP1 and on GPUs only: FSDP2 is applied by hand (`sharding`)
     sharded = cfg.train.strategy == "fsdp"
     wrap = functools.partial(shard_student, device=device) if sharded else ray.train.torch.prepare_model
-    run = prepare_distill(cfg, world, teacher_model, job.teacher.train_tokens, job.drop, size, wrap=wrap)
+    run = prepare_distill(cfg, world, teacher_model, job.teacher.train_tokens, job.drop, size, wrap, budget=job.budget)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a resumed trial continues where its last checkpoint stopped
         with checkpoint.as_directory() as d:
@@ -106,7 +109,10 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:  # one worker logs the curves, thinned to about tracking.curve_points points
         curves = tracking.CurveLogger(job.tracking_uri, job.run_id, run.steps, cfg.tracking.curve_points)
     last: dict = {}
-    for m in training_steps(run, cfg, world, source, rank, size):
+    # this worker's batches, streamed by Ray Data (its own rank's dataset: the same batches whatever the timing)
+    pairs = ray.train.get_dataset_shard(dataset_name(rank))
+    stream = functools.partial(streamed_batches, pairs, world.family, cfg.distill.batch_size // size)
+    for m in training_steps(run, cfg, world, source, rank, size, stream):
         last = {k: v for k, v in m.items() if k != "step"}
         if curves:
             curves.add({f"train/{k}": v for k, v in last.items()}, m["step"])
@@ -224,6 +230,7 @@ def run_trial(config: dict, sweep: SweepPayload) -> None:
         sweep.teacher,
         plan.drop,
         sweep.baseline,
+        sweep.budget,
         sweep.teacher_cache,
         uri,
         run_id,
@@ -232,6 +239,8 @@ def run_trial(config: dict, sweep: SweepPayload) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
+        datasets=pairs_datasets(cfg, sweep.budget, t.num_workers),
+        dataset_config=data_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),

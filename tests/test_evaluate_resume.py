@@ -190,7 +190,7 @@ def test_sharded_evaluation_uses_the_same_names_and_checks(tiny_cfg, tiny_world,
 def test_workers_parts_of_an_evaluation_are_one_workers_rows(tiny_cfg, tiny_world, random_teacher):
     """Each data-parallel worker synthesizes batches i, i+n, ...; put together they are the rows
     one process makes, item for item (each batch keeps its seed), and so is the student's metrics."""
-    from orchestrator.evaluate.synthesis import evaluation_rows, in_list_order
+    from orchestrator.evaluate.synthesis import evaluation_rows, in_list_order, merge_parts
     from orchestrator.pipeline.stages import evaluate_student
 
     cfg = tiny_cfg.evaluate.model_copy(update={"batch_size": 3, "passes": 2, "max_new_tokens": 12})
@@ -200,6 +200,8 @@ def test_workers_parts_of_an_evaluation_are_one_workers_rows(tiny_cfg, tiny_worl
     assert [len(p) for p in parts] == [8, 6]
     assert not {r["name"] for r in parts[0]} & {r["name"] for r in parts[1]}
     assert scores(in_list_order(parts[1] + parts[0], items, 2)) == scores(whole)
+    three = [evaluation_rows(random_teacher, tiny_world, items, cfg, part=(i, 3)) for i in range(3)]
+    assert scores(merge_parts(parts, 3)) == scores(merge_parts(three, 3)) == scores(whole)  # no list needed
     assert len({r["hypothesis"] for r in whole}) > 1  # the rows differ from each other: the order is checked
 
     full = tiny_cfg.model_copy(update={"evaluate": cfg.model_copy(update={"n_items": 7})})
@@ -215,3 +217,26 @@ def test_workers_parts_of_an_evaluation_are_one_workers_rows(tiny_cfg, tiny_worl
     assert {k: two[k] for k in ("wer", "sim", "wer_delta", "n_layers")} == {
         k: one[k] for k in ("wer", "sim", "wer_delta", "n_layers")
     }
+
+
+def test_the_baseline_split_over_workers_is_one_workers(tiny_cfg, random_teacher, tmp_path):
+    """The sweep's baseline: the teacher's test batches split over the executor's workers (a
+    trial's num_workers on Ray) give the figures and rows of one process."""
+    from orchestrator.pipeline.stages import LocalExecutor, TeacherInfo, evaluate_teacher
+
+    class ThreeWorkers(LocalExecutor):
+        workers = 3
+
+        def map(self, fn, args):
+            self.calls = len(args)
+            return super().map(fn, args)
+
+    random_teacher.save_pretrained(tmp_path / "teacher")
+    ev = tiny_cfg.evaluate.model_copy(update={"batch_size": 3, "passes": 2, "max_new_tokens": 12, "n_items": 7})
+    cfg = tiny_cfg.model_copy(update={"evaluate": ev})
+    info = TeacherInfo(str(tmp_path / "teacher"), "random", 4, None)
+    split = ThreeWorkers()
+    one, three = evaluate_teacher(cfg, info, LocalExecutor()), evaluate_teacher(cfg, info, split)
+    assert split.calls == 3 and scores(three["items"]) == scores(one["items"]) and len(one["items"]) == 14
+    for k in ("wer", "sim", "n_layers", "params_m", "wer_delta"):
+        assert three["metrics"][k] == one["metrics"][k], k

@@ -96,7 +96,7 @@ def run_of(strategy: str, teacher) -> DistillRun:
     elif strategy == "fsdp":
         model = shard_student(model, torch.device("cpu"))
     state = make_state(model, lr=1e-2, warmup=1, total_steps=4, ema=0.5)
-    return DistillRun(state, spec(0.5), None, [], 4, cut=cut)
+    return DistillRun(state, spec(0.5), None, 4, cut=cut)
 
 
 def _init(rank: int, world_size: int, port: int) -> None:

@@ -103,6 +103,19 @@ def in_list_order(rows: Sequence[dict], items: Sequence[EvalItem], passes: int) 
     return sorted(rows, key=lambda r: position[r["name"]])
 
 
+def merge_parts(parts: Sequence[Sequence[dict]], batch_size: int) -> list[dict]:
+    """The rows of `evaluation_rows(part=(i, n))` for i = 0..n-1 (`parts[i]`), in the order one
+    process makes them: batch b is part b mod n's next `batch_size` rows."""
+    parts = [list(p) for p in parts]
+    taken = [0] * len(parts)
+    rows: list[dict] = []
+    for b in range(sum(-(-len(p) // batch_size) for p in parts)):
+        i = b % len(parts)
+        rows += parts[i][taken[i] : taken[i] + batch_size]
+        taken[i] += batch_size
+    return rows
+
+
 def evaluation_rows(
     model: nn.Module,
     world: World,

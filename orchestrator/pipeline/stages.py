@@ -33,7 +33,14 @@ from orchestrator.distill.budget import plan_budget
 from orchestrator.distill.loop import loss_spec
 from orchestrator.distill.teacher_cache import build_teacher_cache
 from orchestrator.evaluate.intervals import DELTA_INTERVALS
-from orchestrator.evaluate.synthesis import evaluate_model, evaluation_rows, in_list_order, speedup, summarize
+from orchestrator.evaluate.synthesis import (
+    evaluate_model,
+    evaluation_rows,
+    in_list_order,
+    merge_parts,
+    speedup,
+    summarize,
+)
 from orchestrator.files import digest, file_digest
 from orchestrator.pipeline.state import cached_stage, load_state, save_state
 from orchestrator.prune.importance import LayerScores, wer_without, wli_from_wers
@@ -73,10 +80,14 @@ class Plan:
 class Executor(Protocol):
     """Where stage tasks run: `map(fn, [args, ...])` -> [fn(*args), ...] in order."""
 
+    workers: int  # how many workers a stage may split one evaluation over
+
     def map(self, fn: Callable, args: Sequence[tuple]) -> list: ...
 
 
 class LocalExecutor:
+    workers = 1  # what a stage may split its work over
+
     def map(self, fn: Callable, args: Sequence[tuple]) -> list:
         return [fn(*a) for a in args]
 
@@ -134,10 +145,20 @@ def teacher_for_checks(cfg: Config) -> TeacherInfo:
 # ---------------------------------------------------------------- 2. baseline
 
 
-def evaluate_teacher_task(cfg: Config, teacher: TeacherInfo) -> dict:
-    """The teacher evaluated like every student (its deltas are 0, its speed-up 1)."""
+def teacher_rows_task(cfg: Config, teacher: TeacherInfo, part: tuple[int, int]) -> dict:
+    """The teacher's rows of one part of the test list's batches (`evaluation_rows(part=...)`)."""
     world, model = world_and_teacher(cfg, teacher)
-    ev = evaluate_model(model, world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate)
+    rows = evaluation_rows(model, world, world.test_items[: cfg.evaluate.n_items], cfg.evaluate, part=part)
+    return {"rows": rows, "params": count_parameters(model), "token_rate": world.codec.token_rate}
+
+
+def evaluate_teacher(cfg: Config, teacher: TeacherInfo, executor: Executor) -> dict:
+    """The teacher evaluated like every student (its deltas are 0, its speed-up 1), its batches
+    split over the executor's workers: the same rows, item for item, however many there are."""
+    n = executor.workers
+    parts = executor.map(teacher_rows_task, [(cfg, teacher, (i, n)) for i in range(n)])
+    rows = merge_parts([p["rows"] for p in parts], cfg.evaluate.batch_size)
+    ev = summarize(rows, teacher.n_layers, parts[0]["params"], parts[0]["token_rate"])
     return {"metrics": quality_metrics(ev, 1.0, {"wer": 100 * ev.wer, "sim": ev.sim}), "items": ev.items}
 
 
@@ -149,9 +170,7 @@ def teacher_evaluation(cfg: Config, teacher: TeacherInfo, executor: Executor, st
         "evaluate": cfg.evaluate.model_dump(),
         "code": code_digest(),
     }
-    return cached_stage(
-        state_dir, "baseline", fingerprint, lambda: executor.map(evaluate_teacher_task, [(cfg, teacher)])[0], log
-    )
+    return cached_stage(state_dir, "baseline", fingerprint, lambda: evaluate_teacher(cfg, teacher, executor), log)
 
 
 def baseline_stage(cfg: Config, teacher: TeacherInfo, executor: Executor, state_dir: Path, log=print) -> dict:

@@ -54,6 +54,7 @@ class RayExecutor:
     def __init__(self, cfg: Config):
         t = cfg.train
         self.options = {"num_cpus": t.cpus_per_worker, "num_gpus": t.gpus_per_worker if t.use_gpu else 0}
+        self.workers = t.num_workers  # a trial's workers: the baseline's evaluation is split as a trial's is
 
     def map(self, fn, args):
         task = ray.remote(_forgetting(fn)).options(**self.options)

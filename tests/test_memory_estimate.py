@@ -50,3 +50,29 @@ def test_a_trial_too_big_for_its_devices_is_refused_with_what_would_fit():
     with pytest.raises(ConfigError, match=r"more train\.num_workers \(now 2") as e:
         check_trial_memory(fsdp_cfg, est, est.total // 2)
     assert "GiB per worker" in str(e.value) and "strategy=fsdp (" not in str(e.value)
+
+
+def test_the_sweep_estimates_from_the_config_before_any_stage(tiny_cfg, tmp_path):
+    """Before stage 1: the largest student of the space on the budget's longest pair, for a mini
+    teacher not trained yet (its shape on the meta device: nothing trained, nothing written)."""
+    from transformers import LlamaForCausalLM
+
+    from orchestrator.builders import build_world
+    from orchestrator.distill.budget import plan_budget
+    from orchestrator.mini.teacher import expected_train_tokens, teacher_model_config
+    from orchestrator.sweep.runner import trial_memory
+
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.prune.ratio, cfg.distill.batch_size, cfg.train.num_workers = [0.25, 0.5], 4, 2
+    cfg.distill.data_fraction = 0.5
+    world = build_world(cfg)
+    budget = plan_budget(cfg, world, expected_train_tokens(cfg, world))
+    used = [world.family.training_ids(*world.train_pairs[i]) for i in range(budget.pairs)]
+    assert budget.longest == max(len(ids) for ids, _ in used)
+    assert budget.most_speech == max(sum(x != -100 for x in labels) for _, labels in used)
+    est = trial_memory(cfg)
+    teacher = LlamaForCausalLM(teacher_model_config(cfg, world))
+    # 4 layers, ratios 0.25 and 0.5: the largest student keeps 3; micro-batch 4 / 2 workers = 2 rows
+    expect = estimate_step_memory(teacher, 3, "ddp", 2, 2 * budget.longest, 2 * budget.most_speech)
+    assert vars(est) == vars(expect)
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))  # no teacher was trained for it

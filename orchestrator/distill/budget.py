@@ -23,6 +23,8 @@ class DataBudget:
     epochs: int
     hours: float  # speech in those pairs (prompt and target), at the codec's token rate
     extra_texts: int = 0  # transcripts (no speech) of the pairs after those, for the on-policy steps
+    longest: int = 0  # tokens of the longest pair used (the memory estimate's sequence)
+    most_speech: int = 0  # the most speech positions a pair used has (where the losses read the head)
 
     @property
     def tokens(self) -> int:
@@ -52,16 +54,18 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
         measure = lambda ids, p, t: len(ids)  # noqa: E731
     lengths: list[int] = []  # tokens of each pair
     speech: list[int] = []  # speech codes of each pair
+    positions: list[int] = []  # speech positions the losses read in each pair
     total = 0
     while len(lengths) < len(world.train_pairs):
         prompt, target = world.train_pairs[len(lengths)]
-        ids, _ = world.family.training_ids(prompt, target)
+        ids, labels = world.family.training_ids(prompt, target)
         size = measure(ids, prompt, target)
         if total + size > allowed:
             break
         total += size
         lengths.append(len(ids))
         speech.append(len(prompt.codes) + len(target.codes))
+        positions.append(sum(label != -100 for label in labels))
     n = len(lengths) - len(lengths) % d.batch_size  # whole batches only
     if n == 0:
         what = (
@@ -86,7 +90,10 @@ def plan_budget(cfg: Config, world: World, teacher_tokens: int | None) -> DataBu
             f"distill.extra_texts={d.extra_texts}: the {world.name} world has {len(world.train_pairs)} training pairs "
             f"and the budget takes {n}, so at most {len(world.train_pairs) - n} texts are left; lower it"
         )
-    return DataBudget(allowed, n, sum(lengths[:n]), d.epochs, sum(speech[:n]) / rate / 3600, d.extra_texts)
+    hours = sum(speech[:n]) / rate / 3600
+    return DataBudget(
+        allowed, n, sum(lengths[:n]), d.epochs, hours, d.extra_texts, max(lengths[:n]), max(positions[:n])
+    )
 
 
 def extra_texts(world: World, budget: DataBudget) -> list[str]:

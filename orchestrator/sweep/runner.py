@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import tracking
-from orchestrator.builders import teacher_layers
+from orchestrator.builders import build_world, teacher_layers, teacher_source_if_ready
 from orchestrator.config import Config, ConfigError
 from orchestrator.console import route_chatter
 from orchestrator.distill.budget import optimizer_steps
@@ -40,12 +41,13 @@ from orchestrator.pipeline.preflight import (
     ray_address,
 )
 from orchestrator.pipeline.stages import Plan, StudentResult, TeacherInfo
-from orchestrator.prune.surgery import label
+from orchestrator.prune.surgery import label, parse_label
 from orchestrator.report.page import report_of
 from orchestrator.report.results import Results, read_results
 from orchestrator.sweep.listening import log_listening, register_chosen, registered_name
 from orchestrator.sweep.space import param_space, trial_plan, trial_space
 from orchestrator.sweep.trial import TRIAL_TAG, SweepPayload, run_trial
+from orchestrator.world import load_model
 
 
 class RayExecutor:
@@ -113,6 +115,10 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True, lo
         if problems:
             raise ConfigError(f"this cluster has {nodes} nodes, and " + "; and ".join(problems))
         concurrency = concurrent_trials(cfg, ray.cluster_resources())
+        # will a trial fit on a worker of this cluster? before any stage runs
+        estimate, have = trial_memory(cfg), worker_memory(cfg.train.use_gpu, cfg.train.cpus_per_worker)
+        log(f"memory per Train worker (estimate): {estimate.describe()}; one holds {have / GIB:.1f} GiB")
+        check_trial_memory(cfg, estimate, have)
         return _run(cfg, base, uri, space, concurrency, progress, log)
 
 
@@ -236,10 +242,6 @@ class TuneStudents:
             sweep_run.id,
             str(self.base / "train"),
         )
-        # will a trial fit? before any trial starts (a refusal keeps every stage done so far)
-        estimate, have = trial_memory(job), worker_memory(cfg.train.use_gpu, cfg.train.cpus_per_worker)
-        log(f"      memory per Train worker (estimate): {estimate.describe()}; one holds {have / GIB:.1f} GiB")
-        check_trial_memory(cfg, estimate, have)
         steps = optimizer_steps(job.budget.pairs, cfg.distill)
         space = trial_space(cfg, job.plans, job.teacher.n_layers)
         results = _tune(cfg, self.base, payload, space, self.concurrency, steps, self.progress, log)
@@ -255,23 +257,32 @@ class TuneStudents:
         return students
 
 
-def trial_memory(job: StudentsJob) -> MemoryEstimate:
-    """The estimated memory of a Train worker of the sweep's largest student, on the longest
-    training pair (`distill.memory`)."""
-    cfg = job.cfg
-    world, teacher = stages.world_and_teacher(cfg, job.teacher)
-    try:
-        rows = cfg.distill.batch_size // cfg.train.num_workers  # a worker's micro-batch
-        pairs = [world.family.training_ids(*world.train_pairs[i]) for i in range(job.budget.pairs)]
-        longest = max(len(ids) for ids, _ in pairs)
-        speech = max(sum(label != -100 for label in labels) for _, labels in pairs)
-        kept = max(job.teacher.n_layers - len(p.drop) for p in job.plans)
-        w = cfg.distill.weights
-        latent = w.latent > 0 or w.embedding > 0  # the teacher's hidden states are kept
-        t = cfg.train
-        return estimate_step_memory(teacher, kept, t.strategy, t.num_workers, rows * longest, rows * speech, latent)
-    finally:
-        stages.forget_models()  # the driver keeps no model
+def trial_memory(cfg: Config) -> MemoryEstimate:
+    """The estimated memory of a Train worker of the sweep's largest student on the budget's
+    longest training pair (`distill.memory`), from the config, before any stage runs: the teacher
+    on disk is read on the CPU (a mini teacher not trained yet: its shape, on the meta device)."""
+    n = teacher_layers(cfg)
+    budget = stages.budget_stage(cfg, stages.teacher_for_checks(cfg))
+    if cfg.sweep.space == "layer_sets":
+        fewest = min(len(parse_label(text)) for text in cfg.sweep.layer_sets)
+    else:
+        fewest = min(stages.drop_counts(cfg, n))
+    world = build_world(cfg)
+    path, _ = teacher_source_if_ready(cfg)
+    if cfg.world.name != "mini" or Path(path).exists():  # a real teacher: a folder or a hub id
+        teacher = load_model(world, path, torch.device("cpu"))
+    else:  # a mini teacher trained at stage 1: the same shape, no weights
+        from transformers import LlamaForCausalLM
+
+        from orchestrator.mini.teacher import teacher_model_config
+
+        with torch.device("meta"):
+            teacher = LlamaForCausalLM(teacher_model_config(cfg, world))
+    rows = cfg.distill.batch_size // cfg.train.num_workers  # a worker's micro-batch
+    w, t = cfg.distill.weights, cfg.train
+    latent = w.latent > 0 or w.embedding > 0  # the teacher's hidden states are kept
+    tokens, speech = rows * budget.longest, rows * budget.most_speech
+    return estimate_step_memory(teacher, n - fewest, t.strategy, t.num_workers, tokens, speech, latent)
 
 
 class _SweepRun:

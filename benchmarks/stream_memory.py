@@ -9,7 +9,7 @@ The LLaSA world on the tests' tiny random LLaSA (LLaSA's vocabulary and tokenize
 shards of random codes (`--utterances` at 1x, 1-3 s of speech each at LLaSA's 50 tokens/s, 20
 speakers); the data budget is every pair, so it grows with the shards as 5% of a larger corpus
 would. One Ray Train worker (a fresh process per run) takes `--steps` optimizer steps and
-reports its peak RSS; the reading actor of Ray Data is another process, outside that figure.
+reports its peak RSS; Ray Data's reading tasks run in other processes, outside that figure.
 """
 
 from __future__ import annotations

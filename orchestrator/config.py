@@ -225,8 +225,8 @@ class TrainConfig(Section):
     data_cpus: float = Field(
         0.25,
         gt=0,
-        description="the Ray Data actor that reads a trial's training pairs for its workers (Ray Data stalls "
-        "when the Train workers hold every CPU)",
+        description="CPUs of the Ray Data tasks that read a trial's training pairs for its workers (one at a "
+        "time a worker, sharing these; Ray Data stalls when the Train workers hold every CPU)",
     )
     report_every: int = Field(20, ge=1, description="optimizer steps between reports (metrics, checkpoint)")
     max_failures: int = Field(

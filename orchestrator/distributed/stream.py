@@ -1,6 +1,6 @@
 """A trial's training pairs streamed by Ray Data: each Train worker reads its own rank's
 batches, in the order the one-process engine takes them (`distill.data.batch_order`), from a
-dataset a Ray Data actor fills from the world's pairs (speech-token shards, read pair by pair)
+dataset Ray Data tasks fill from the world's pairs (speech-token shards, read pair by pair)
 as the worker consumes them. A worker holds the batches in flight, never the data set, and its
 memory does not grow with the shards or the budget.
 
@@ -11,6 +11,7 @@ order, for a given seed (a resumed run trains on what an uninterrupted one would
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Iterator
 
@@ -24,7 +25,7 @@ from orchestrator.distill.budget import DataBudget, extra_texts
 from orchestrator.distill.data import batch_order, pairs_batch
 from orchestrator.world import Family
 
-CHUNK_BATCHES = 16  # batches a dataset block holds: what the reading actor makes at a time
+CHUNK_BATCHES = 16  # batches a dataset block holds: what a reading task makes at a time
 
 
 def dataset_name(rank: int) -> str:
@@ -34,7 +35,8 @@ def dataset_name(rank: int) -> str:
 def pairs_datasets(
     cfg: Config, budget: DataBudget, world_size: int, chunk_batches: int = CHUNK_BATCHES
 ) -> dict[str, ray.data.Dataset]:
-    """One lazy dataset per rank: a row per training pair of that rank's batches, every epoch,
+    """One lazy dataset per rank, read by Ray Data tasks (`train.data_cpus` shared by the
+    ranks): a row per training pair of that rank's batches, every epoch,
     in training order (`index`, `pair`: the pickled (prompt, target), `text`: the new text of
     the on-policy steps or ''). Nothing is read before a worker asks for it."""
     per_rank = cfg.distill.batch_size // world_size
@@ -43,11 +45,11 @@ def pairs_datasets(
     datasets = {}
     for rank in range(world_size):
         ds = ray.data.from_items(chunks).map_batches(
-            _RankPairs,
+            rank_pairs,
             batch_size=1,  # one chunk of batches a call
-            fn_constructor_args=(cfg.model_dump(), budget.pairs, budget.extra_texts, rank, world_size),
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=cfg.train.data_cpus,
+            fn_args=(cfg.model_dump(), budget.pairs, budget.extra_texts, rank, world_size),
+            concurrency=1,  # one reading task at a time a rank: the blocks stay in order and few
+            num_cpus=cfg.train.data_cpus / world_size,  # train.data_cpus is the trial's, over its ranks' readers
         )
         ds.context.execution_options.preserve_order = True  # blocks otherwise arrive as they finish
         datasets[dataset_name(rank)] = ds
@@ -61,26 +63,31 @@ def data_config() -> ray.train.DataConfig:
     return ray.train.DataConfig(datasets_to_split=[], execution_options=options)
 
 
-class _RankPairs:
-    """A Ray Data actor: the world (its pairs are read on demand) and one rank's batch order."""
+_READERS: dict = {}  # in a Ray worker process: one rank's (world, texts, batch order), built once
 
-    def __init__(self, cfg_dict: dict, n_pairs: int, n_texts: int, rank: int, world_size: int):
+
+def rank_pairs(chunk: dict[str, np.ndarray], cfg_dict: dict, n_pairs: int, n_texts: int, rank: int, size: int):
+    """A Ray Data task: the rows of one chunk of a rank's batches. A task, not an actor: it runs in
+    Ray's pooled worker processes (which the stage tasks already loaded), where an actor a rank
+    would be one more process of torch and the world per worker."""
+    key = (json.dumps(cfg_dict, sort_keys=True, default=str), n_pairs, n_texts, rank, size)
+    if key not in _READERS:
+        _READERS.clear()  # one rank's reader a process: a worker reused by another trial frees the last
         cfg = Config.model_validate(cfg_dict)
         d = cfg.distill
-        self.world = build_world(cfg)
-        budget = DataBudget(0, n_pairs, 0, d.epochs, 0.0, n_texts)
-        self.texts = extra_texts(self.world, budget)
-        # the rank's order: two integers a pair and epoch, in this actor only
-        self.order = list(batch_order(n_pairs, d.batch_size // world_size, d.epochs, d.seed, rank, world_size, n_texts))
-
-    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [row for b in range(int(chunk["first"][0]), int(chunk["last"][0])) for row in self.order[b]]
-        pairs = [pickle.dumps(self.world.train_pairs[i]) for i, _ in rows]
-        return {
-            "index": np.array([i for i, _ in rows], dtype=np.int64),
-            "pair": np.array(pairs + [None], dtype=object)[:-1],  # bytes, not a fixed-width numpy string
-            "text": np.array([self.texts[t] if t >= 0 else "" for _, t in rows], dtype=object),
-        }
+        world = build_world(cfg)
+        texts = extra_texts(world, DataBudget(0, n_pairs, 0, d.epochs, 0.0, n_texts))
+        # the rank's order: two integers a pair and epoch
+        order = list(batch_order(n_pairs, d.batch_size // size, d.epochs, d.seed, rank, size, n_texts))
+        _READERS[key] = world, texts, order
+    world, texts, order = _READERS[key]
+    rows = [row for b in range(int(chunk["first"][0]), int(chunk["last"][0])) for row in order[b]]
+    pairs = [pickle.dumps(world.train_pairs[i]) for i, _ in rows]
+    return {
+        "index": np.array([i for i, _ in rows], dtype=np.int64),
+        "pair": np.array(pairs + [None], dtype=object)[:-1],  # bytes, not a fixed-width numpy string
+        "text": np.array([texts[t] if t >= 0 else "" for _, t in rows], dtype=object),
+    }
 
 
 def streamed_batches(shard: ray.data.DataIterator, family: Family, batch_size: int, skip: int = 0) -> Iterator[dict]:

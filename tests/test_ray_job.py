@@ -222,6 +222,9 @@ def test_sweep_submitted_as_a_ray_job_logs_parent_baseline_and_trials(cluster):
         "prune.ratio=[0.25, 0.5]",
         "prune.scorer=[wli]",
         "train.num_workers=2",
+        # one trial at a time: each is 2 Train workers, their Ray Data readers and Train's dataset
+        # manager, and the suite's other worker runs two sweeps at once beside this (24 GiB in all)
+        "sweep.max_concurrent_trials=1",
         "train.report_every=2",
         "distill.data_fraction=0.5",
         "distill.batch_size=4",

@@ -250,7 +250,7 @@ def test_killed_sweep_resumes_to_the_result_of_one_whose_mlflow_server_went_away
     u_root, k_root = tmp_path / "U", tmp_path / "K"
     port = free_port()
     server = mlflow_server(started, tmp_path, port, tmp_path / "mlflow-1.log")
-    u_cmd = sweep_cmd(u_root, "sweep.local_cpus=6", f"tracking.uri=http://127.0.0.1:{port}")
+    u_cmd = sweep_cmd(u_root, "sweep.local_cpus=5", f"tracking.uri=http://127.0.0.1:{port}")
     u = started(u_cmd, tmp_path / "U.log")
     u_base = u_root / "sweeps" / NAME
     # K starts once U has the mini teacher in the shared cache (one training of it, no race)

@@ -95,6 +95,21 @@ def load_teacher(cfg: Config, world: World, device: torch.device, progress: bool
     return load_model(world, path, device), meta
 
 
+def teacher_for_estimates(cfg: Config, world: World) -> nn.Module:
+    """The teacher for counting its shapes before any stage: read on the CPU where it exists (a real
+    teacher: a folder or a hub id), else (a mini teacher trained at stage 1) built from its config
+    on the meta device, no weights."""
+    path, _ = teacher_source_if_ready(cfg)
+    if cfg.world.name != "mini" or Path(path).exists():
+        return load_model(world, path, torch.device("cpu"))
+    from transformers import LlamaForCausalLM
+
+    from orchestrator.mini.teacher import teacher_model_config  # picked: see the top
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(teacher_model_config(cfg, world))
+
+
 def scoring_context(cfg: Config, world: World, n_drop: int, progress: bool = False) -> ScoringContext:
     s = cfg.score
     return ScoringContext(world, cfg.evaluate, s.n_items, s.n_pairs, n_drop, s.batch_size, s.seed, progress)

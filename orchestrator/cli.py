@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # the subcommand's own usage and `prun-tts <command>: error:`, not the top level's
         _refuse_unknown(parser, args.command, unknown)
     args.argv = argv
+    # Ctrl-C interrupts even where the parent started us with SIGINT ignored (a background job, some
+    # process managers): Python keeps an inherited SIG_IGN, and the run would go on to its end
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stop_on_sigterm()
     if getattr(args, "quiet", False):  # no bars at all, transformers' own (saving, loading) included
         import transformers  # here, not at the top: `prun-tts --help` stays fast

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import tracking
-from orchestrator.builders import build_world, teacher_layers, teacher_source_if_ready
+from orchestrator.builders import build_world, teacher_for_estimates, teacher_layers
 from orchestrator.config import Config, ConfigError
 from orchestrator.console import route_chatter
 from orchestrator.distill.budget import optimizer_steps
@@ -47,7 +46,6 @@ from orchestrator.report.results import Results, read_results
 from orchestrator.sweep.listening import log_listening, register_chosen, registered_name
 from orchestrator.sweep.space import param_space, trial_plan, trial_space
 from orchestrator.sweep.trial import TRIAL_TAG, SweepPayload, run_trial
-from orchestrator.world import load_model
 
 
 class RayExecutor:
@@ -267,17 +265,7 @@ def trial_memory(cfg: Config) -> MemoryEstimate:
         fewest = min(len(parse_label(text)) for text in cfg.sweep.layer_sets)
     else:
         fewest = min(stages.drop_counts(cfg, n))
-    world = build_world(cfg)
-    path, _ = teacher_source_if_ready(cfg)
-    if cfg.world.name != "mini" or Path(path).exists():  # a real teacher: a folder or a hub id
-        teacher = load_model(world, path, torch.device("cpu"))
-    else:  # a mini teacher trained at stage 1: the same shape, no weights
-        from transformers import LlamaForCausalLM
-
-        from orchestrator.mini.teacher import teacher_model_config
-
-        with torch.device("meta"):
-            teacher = LlamaForCausalLM(teacher_model_config(cfg, world))
+    teacher = teacher_for_estimates(cfg, build_world(cfg))
     rows = cfg.distill.batch_size // cfg.train.num_workers  # a worker's micro-batch
     w, t = cfg.distill.weights, cfg.train
     latent = w.latent > 0 or w.embedding > 0  # the teacher's hidden states are kept

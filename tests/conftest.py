@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the suite runs two workers, each with its own Ray clusters, on one 24 GiB machine: Ray's memory
+# monitor (default: kill at 95% of the node) counts both suites' processes as one node's
+os.environ.setdefault("RAY_memory_usage_threshold", "0.98")
 
 import socket
 

@@ -120,10 +120,11 @@ def training_steps(
         texts = extra_texts(world, run.budget)
         per_rank = d.batch_size // world_size
         every = batches(world.family, pairs, per_rank, d.epochs, d.seed, rank, world_size, texts)
-        stream = lambda skip: itertools.islice(every, skip, None)  # noqa: E731
-    stream = stream(skip)
+        left = itertools.islice(every, skip, None)
+    else:
+        left = stream(skip)
     while run.state.step < run.steps:
-        micro = [next(stream) for _ in range(d.grad_accum)]
+        micro = [next(left) for _ in range(d.grad_accum)]
         # a seed per (run, rank, step): a resumed run draws what an uninterrupted one would
         torch.manual_seed(step_seed(d.seed, rank, run.state.step))
         metrics = train_step(run.state, micro, run.spec, source, d.clip, d.precision)
